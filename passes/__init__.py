@@ -1,0 +1,1 @@
+"""Built-in passes, one module each; importing this package registers them."""

@@ -1,0 +1,1 @@
+"""Named hardware targets and their backends (tvm/, c/, hls/)."""
