@@ -79,7 +79,7 @@ class Node:
         return f"Node({self.op} -> %{self.name})"
 
 
-_NAME_OK = re.compile(r"^[A-Za-z0-9_.$:/\-]+$")
+_NAME_OK = re.compile(r"[A-Za-z0-9_.$:/\-]+")
 
 
 class Graph:
@@ -338,4 +338,4 @@ class Graph:
 
 def valid_name(name: str) -> bool:
     """Whether `name` prints bare after `%` (otherwise the printer quotes it)."""
-    return bool(_NAME_OK.match(name))
+    return bool(_NAME_OK.fullmatch(name))

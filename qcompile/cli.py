@@ -1,0 +1,180 @@
+"""The `qcompile` command line.
+
+    qcompile inspect model.onnx --pipeline "fixpoint(fold-constants,remove-identity,dce)"
+    qcompile passes
+    qcompile --version
+
+Subcommands are registered with `@subcommand`, each with its argparse arguments, so a new one
+is a decorated function here or in a module listed in COMMAND_MODULES:
+
+    @subcommand("targets", help="list the named targets",
+                args=[arg("--json", action="store_true", help="machine-readable output")])
+    def _targets(args) -> int: ...
+
+Exit codes: 0 success, 2 a user error (any QCompileError, bad arguments), 1 an internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+from . import __version__
+from .errors import QCompileError
+
+# Modules whose import registers more subcommands (kept lazy: `qcompile passes` stays fast).
+COMMAND_MODULES: list[str] = []
+
+
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+def arg(*flags: str, **kwargs) -> Arg:
+    """One argparse argument: the same parameters as `ArgumentParser.add_argument`."""
+    return Arg(flags, kwargs)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    run: Callable[[argparse.Namespace], Optional[int]]
+    help: str
+    args: tuple
+
+
+COMMANDS: dict[str, Command] = {}
+
+
+def subcommand(name: str, help: str, args: Sequence[Arg] = ()):
+    """Register `fn(args) -> exit code (None means 0)` as `qcompile <name>`."""
+    def deco(fn: Callable[[argparse.Namespace], Optional[int]]):
+        COMMANDS[name] = Command(name, fn, help, tuple(args))
+        return fn
+    return deco
+
+
+# ---- shared helpers ---------------------------------------------------------------------------
+def _debug_flag(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show tracebacks and verify the IR after every pass")
+
+
+def _parse_shape(text: str) -> tuple[str, tuple]:
+    """`name=1,3,224,224` (use ? for a dynamic dimension) for --input-shape."""
+    name, sep, dims = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=D1,D2,..., got {text!r}")
+    try:
+        shape = tuple(None if d.strip() == "?" else int(d) for d in dims.split(",") if d.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"dimensions must be integers or ?, got {dims!r}") from None
+    return name, shape
+
+
+def make_context(args: argparse.Namespace, **kwargs):
+    """A PassContext from the common flags (--debug, --dump-ir)."""
+    from .passmanager import DumpIRInstrument, PassContext
+    ctx = PassContext(verify=bool(getattr(args, "debug", False)), **kwargs)
+    if getattr(args, "dump_ir", None):
+        ctx.instruments.append(DumpIRInstrument(args.dump_ir))
+    return ctx
+
+
+def print_diagnostics(ctx) -> None:
+    for d in ctx.diagnostics:
+        print(d, file=sys.stderr)
+
+
+# ---- inspect ----------------------------------------------------------------------------------
+@subcommand("inspect", help="print a model's IR, optionally after a pass pipeline", args=[
+    arg("file", help="a .qir, .onnx or .pt2 file"),
+    arg("--pipeline", "-p", default="", metavar="P",
+        help="passes to run first, e.g. 'fixpoint(fold-constants,remove-identity,dce)'"),
+    arg("--full", action="store_true", help="print constants in full instead of a summary"),
+    arg("--dump-ir", metavar="DIR", help="write the IR after every pass to numbered files in DIR"),
+    arg("--input-shape", metavar="NAME=D1,D2,...", type=_parse_shape, action="append",
+        help="pin an input's shape (ONNX models with dynamic dimensions); repeatable"),
+])
+def _inspect(args: argparse.Namespace) -> int:
+    from .api import load
+    from .passmanager import parse_pipeline, run_pipeline
+    pipeline = parse_pipeline(args.pipeline)  # a bad pipeline fails before a slow model load
+    shapes = dict(args.input_shape) if args.input_shape else None
+    graph = load(args.file, input_shapes=shapes)
+    ctx = make_context(args)
+    try:
+        run_pipeline(graph, pipeline, ctx)
+    finally:
+        print_diagnostics(ctx)
+    sys.stdout.write(graph.dump(full=args.full))
+    return 0
+
+
+# ---- passes -----------------------------------------------------------------------------------
+@subcommand("passes", help="list the registered passes with their options")
+def _passes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .passmanager import all_passes
+    table = Table(title="qcompile passes", title_justify="left")
+    table.add_column("pass", style="bold", no_wrap=True)
+    table.add_column("description")
+    table.add_column("options")
+    for name, info in all_passes().items():
+        opts = "\n".join(spec.describe() for spec in info.options.values())
+        table.add_row(name, info.doc, opts or "-")
+    Console(width=max(100, Console().width)).print(table)
+    return 0
+
+
+# ---- main -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
+    parser = argparse.ArgumentParser(
+        prog="qcompile", description="A compiler for quantized neural networks.")
+    parser.add_argument("--version", action="version", version=f"qcompile {__version__}")
+    _debug_flag(parser, default=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for cmd in COMMANDS.values():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        _debug_flag(p, default=argparse.SUPPRESS)  # `qcompile inspect --debug` works too
+        for a in cmd.args:
+            p.add_argument(*a.flags, **a.kwargs)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._command.run(args) or 0)
+    except QCompileError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `qcompile inspect big.onnx | head`
+        return 0
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if not args.debug:
+            print("(run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
