@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -436,7 +437,11 @@ def _all_sentences() -> tuple[str, ...]:
             module = importlib.import_module(mod_name)
         except ImportError:  # a module left out of this Python build
             continue
-        for doc in _docstrings(module):
+        with warnings.catch_warnings():
+            # Deprecated aliases (typing.io, typing.re) warn when their docstring is read.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            docs = _docstrings(module)
+        for doc in docs:
             for sentence in _prose_sentences(doc):
                 if 5 <= len(sentence.split()) <= 40:
                     seen.setdefault(sentence, None)

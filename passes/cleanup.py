@@ -18,7 +18,7 @@ from qcompile.passmanager import Pass, PassContext, register_pass
 
 
 # ---- dce --------------------------------------------------------------------------------------
-def _dead(graph: Graph, node: Node, outputs: set) -> bool:
+def _dead(node: Node, outputs: set) -> bool:
     return all(not v.users and id(v) not in outputs for v in node.outputs)
 
 
@@ -29,7 +29,7 @@ def dce(graph: Graph, ctx: PassContext) -> bool:
     changed = False
     # Walking backwards erases a whole dead chain in one sweep: users die before producers.
     for node in reversed(list(graph.nodes)):
-        if _dead(graph, node, outputs):
+        if _dead(node, outputs):
             graph.erase(node)
             changed = True
     for value in list(graph.constants.values()):
@@ -111,20 +111,31 @@ def _same_type(node: Node) -> bool:
     return x.type.is_static and x.type == y.type
 
 
-def _all_equal(value: Optional[Value], scalar: float) -> bool:
-    return value is not None and value.data is not None and value.quant is None \
-        and bool(np.all(value.data == scalar))
+def _all_equal(value: Optional[Value], scalar: float, negative_zero: Optional[bool] = None) -> bool:
+    """`value` is a plain constant equal to `scalar` everywhere. For float zeros the sign
+    matters: IEEE gives -0.0 + 0.0 = +0.0, so x + (+0.0) is not x, while x + (-0.0) and
+    x - (+0.0) are; `negative_zero` says which sign the zeros must have."""
+    if value is None or value.data is None or value.quant is not None:
+        return False
+    data = value.data
+    if not bool(np.all(data == scalar)):
+        return False
+    if negative_zero is None or not np.issubdtype(data.dtype, np.floating):
+        return True
+    return bool(np.all(np.signbit(data) == negative_zero))
 
 
-def _binary_noop(neutral: float, commutative: bool) -> Callable[[Node], Optional[int]]:
+def _binary_noop(neutral: float, commutative: bool,
+                 negative_zero: Optional[bool] = None) -> Callable[[Node], Optional[int]]:
     """x + 0, x - 0, x * 1, x / 1: which input passes through, if the other is all `neutral`
     and broadcasting it leaves the passing input's type unchanged."""
     def rule(node: Node) -> Optional[int]:
         a, b = node.inputs[0], node.inputs[1]
         y = node.outputs[0]
-        if _all_equal(b, neutral) and a.type == y.type and a.type.is_static:
+        if _all_equal(b, neutral, negative_zero) and a.type == y.type and a.type.is_static:
             return 0
-        if commutative and _all_equal(a, neutral) and b.type == y.type and b.type.is_static:
+        if commutative and _all_equal(a, neutral, negative_zero) and b.type == y.type \
+                and b.type.is_static:
             return 1
         return None
     return rule
@@ -148,8 +159,8 @@ NOOP_RULES: dict[str, Callable[[Node], Optional[int]]] = {
     "transpose": _unary(lambda n: tuple(n.attrs["perm"]) == tuple(range(n.inputs[0].type.rank))),
     "slice": _unary(lambda n: _same_type(n) and all(s == 1 for s in n.attrs.get("steps", ()))),
     "pad": _unary(lambda n: _same_type(n) and not any(n.attrs.get("pads", ()))),
-    "add": _binary_noop(0.0, commutative=True),
-    "sub": _binary_noop(0.0, commutative=False),
+    "add": _binary_noop(0.0, commutative=True, negative_zero=True),
+    "sub": _binary_noop(0.0, commutative=False, negative_zero=False),
     "mul": _binary_noop(1.0, commutative=True),
     "div": _binary_noop(1.0, commutative=False),
 }
@@ -157,7 +168,7 @@ NOOP_RULES: dict[str, Callable[[Node], Optional[int]]] = {
 
 @register_pass("remove-identity")
 def remove_identity(graph: Graph, ctx: PassContext) -> bool:
-    """Remove no-op nodes: identity/dropout, same-shape reshapes, identity transposes, x+0, x*1."""
+    """Remove no-op nodes: identity/dropout, same-shape reshapes, identity transposes, x*1, x+(-0)."""
     changed = False
     for node in list(graph.nodes):
         rule = NOOP_RULES.get(node.op)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import qcompile
-from qcompile.ir import Graph, QuantParams
+from qcompile.ir import Graph
 from qcompile.ir.ops import registry
 from qcompile.passmanager import PassContext, run_pipeline
 
@@ -25,10 +25,16 @@ def check(text: str, pipeline: str, inputs: list, **ctx_kw) -> tuple[Graph, Pass
     names = ([v.name for v in graph.inputs], [v.name for v in graph.outputs])
     ctx = run_pipeline(graph, pipeline, PassContext(verify=True, **ctx_kw))
     after = qcompile.run(graph, inputs)
-    for a, b in zip(before, after):
-        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+    assert_bit_identical(before, after)
     assert ([v.name for v in graph.inputs], [v.name for v in graph.outputs]) == names
     return graph, ctx
+
+
+def assert_bit_identical(before: list, after: list) -> None:
+    # bytes, not values: -0.0 == 0.0 and nan != nan would hide a change
+    assert len(before) == len(after)
+    for a, b in zip(before, after):
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 X4 = [np.array([-1.5, 0.0, 2.0, 3.25], np.float32)]
@@ -163,9 +169,10 @@ def test_remove_identity_drops_neutral_arithmetic():
     graph, _ = check("""
 graph @g(%x: tensor<2x2xf32>) -> (%y) {
   %zero = const tensor<2xf32> dense<[0.0, 0.0]>
+  %nzero = const tensor<2xf32> dense<[-0.0, -0.0]>
   %one = const tensor<1xf32> dense<[1.0]>
   %a = relu(%x) : tensor<2x2xf32>
-  %b = add(%zero, %a) : tensor<2x2xf32>
+  %b = add(%nzero, %a) : tensor<2x2xf32>
   %c = mul(%b, %one) : tensor<2x2xf32>
   %d = sub(%c, %zero) : tensor<2x2xf32>
   %e = div(%d, %one) : tensor<2x2xf32>
@@ -173,6 +180,31 @@ graph @g(%x: tensor<2x2xf32>) -> (%y) {
   return %y
 }""", "remove-identity,dce", [np.float32([[-0.0, 1], [np.nan, -2]])])
     assert graph.op_counts() == {"neg": 1, "relu": 1}
+
+
+def test_adding_positive_zero_is_not_a_no_op():
+    # -0.0 + 0.0 is +0.0, so only x + (-0.0) and x - (+0.0) are exact identities for floats
+    text = """
+graph @g(%x: tensor<2xf32>) -> (%y1, %y2, %y3) {
+  %pz = const tensor<2xf32> dense<[0.0, 0.0]>
+  %nz = const tensor<2xf32> dense<[-0.0, -0.0]>
+  %one = const tensor<2xf32> dense<[1.0, 1.0]>
+  %a = add(%x, %pz) : tensor<2xf32>
+  %b = sub(%x, %nz) : tensor<2xf32>
+  %c = add(%nz, %x) : tensor<2xf32>
+  %d = sub(%c, %pz) : tensor<2xf32>
+  %y1 = div(%one, %a) : tensor<2xf32>
+  %y2 = div(%one, %b) : tensor<2xf32>
+  %y3 = div(%one, %d) : tensor<2xf32>
+  return %y1, %y2, %y3
+}"""
+    # 1/x tells -0.0 (-inf) from +0.0 (inf), so removing %a or %b would change the bits
+    graph, _ = check(text, "remove-identity,dce", [np.float32([-0.0, 3.0])])
+    assert graph.op_counts() == {"add": 1, "div": 3, "sub": 1}
+    assert graph.value("y3").producer.inputs[1] is graph.inputs[0]
+    g = qcompile.parse(text.replace("f32", "i32").replace(".0", "").replace("-0", "0"))
+    run_pipeline(g, "remove-identity,dce")
+    assert g.op_counts() == {"div": 3}  # integer zeros are neutral either way
 
 
 def test_remove_identity_keeps_ops_that_broadcast_or_are_not_neutral():
@@ -301,8 +333,7 @@ def test_cleanup_pipeline_keeps_random_graphs_bit_identical(seed):
     run_pipeline(graph, CLEANUP, PassContext(verify=True))
     after = qcompile.run(graph, inputs)
     assert [v.name for v in graph.outputs] == names
-    for a, b in zip(before, after):
-        assert np.array_equal(a, b, equal_nan=True)
+    assert_bit_identical(before, after)
     assert len(graph.nodes) <= nodes_before
     # at the fixpoint nothing is left to do
     for p in ("fold-constants", "remove-identity", "dce"):

@@ -229,11 +229,16 @@ def test_kl_divergences_hand_computed():
 
 def test_entropy_clips_outliers_and_keeps_dense_ranges():
     rng = np.random.default_rng(6)
-    x = np.concatenate([rng.uniform(-1, 1, 200000), [40.0, -35.0, 50.0]])
+    x = np.concatenate([rng.uniform(-1, 1, 200000), [8.0, -7.0, 10.0]])
     o = EntropyObserver(bits=8)
     o.observe(x)
     lo, hi = o.range()
-    assert 0.9 < float(hi) < 1.2 and -1.2 < float(lo) < -0.9
+    assert 0.95 < float(hi) < 1.1 and -1.1 < float(lo) < -0.95
+    lap = rng.laplace(0, 1, 200000)
+    o = EntropyObserver(bits=8)
+    o.observe(lap)
+    lo, hi = o.range()
+    assert 4 < float(hi) < 0.9 * np.abs(lap).max() and float(lo) == -float(hi)
     relu = rng.uniform(0, 6, 100000)  # one-sided data: lo stays at the data minimum
     o2 = EntropyObserver(bits=8, signed=False)
     o2.observe(relu)

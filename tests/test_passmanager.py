@@ -390,6 +390,16 @@ def test_verify_names_the_pass_that_broke_the_graph(registered, graph):
     run_pipeline(g2, "break-types", PassContext(verify=False))
 
 
+def test_verify_also_checks_a_pass_that_wrongly_claims_no_change(registered, graph):
+    def sneaky(g, ctx):
+        g.nodes.reverse()  # breaks topological order...
+        g.version += 1
+        return False       # ...and says it changed nothing
+    registered(sneaky)
+    with pytest.raises(VerifyError, match="(?s)pass 'sneaky'.*out of topological order"):
+        run_pipeline(graph, "sneaky", PassContext(verify=True))
+
+
 def test_verify_checks_the_input_graph_first(graph):
     graph.value("b").type = TensorType((7,))
     with pytest.raises(VerifyError, match="the input graph does not verify"):

@@ -680,6 +680,41 @@ def _embedding(im, node, weight, indices, padding_idx=-1, *args):
     return im.emit("gather", [weight, indices], {"axis": 0})
 
 
+@_h("index")
+def _index(im, node, x, indices):
+    """x[i0, i1, ...] with constant index tensors (masks built from `arange`): flatten the indexed
+    leading dims and gather once with the combined linear index."""
+    if not indices or any(not isinstance(i, Const) for i in indices):
+        raise Unsupported("advanced indexing with run-time or missing (None) indices")
+    shape = x.shape if isinstance(x, Value) else x.array.shape
+    k = len(indices)
+    lead = shape[:k]
+    if any(d is None for d in lead):
+        raise Unsupported("advanced indexing over a dynamic dimension")
+    arrays = np.broadcast_arrays(*[i.array.astype(np.int64) for i in indices])
+    linear = np.zeros(arrays[0].shape, np.int64)
+    for arr, d in zip(arrays, lead):
+        linear = linear * d + np.where(arr < 0, arr + d, arr)
+    flat = im.emit("reshape", [x], {"shape": (int(np.prod(lead)),) + tuple(
+        -1 if d is None else d for d in shape[k:])}, name=node.name + "_flat")
+    return im.emit("gather", [flat, Const(node.name + ".index", linear)], {"axis": 0})
+
+
+@_h("bitwise_and", "logical_and", "bitwise_or", "logical_or")
+def _logical(im, node, a, b):
+    """Masks combined with an all-true (and) / all-false (or) constant are the other mask; other
+    boolean logic has no op in the IR."""
+    is_and = _op_name(node.target).endswith("and")
+    for c, other in ((a, b), (b, a)):
+        if isinstance(c, Const) and c.array.dtype == np.bool_ and c.array.size and \
+                (c.array.all() if is_and else not c.array.any()):
+            out_shape = _meta_type(node).shape
+            if isinstance(other, Value) and tuple(other.shape) != tuple(out_shape):
+                return im.emit("expand", [other], {"shape": tuple(out_shape)})
+            return other
+    raise Unsupported("boolean logic on run-time masks")
+
+
 @_h("constant_pad_nd")
 def _pad(im, node, x, pad, value=0.0):
     r = _rank(x)

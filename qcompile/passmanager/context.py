@@ -158,7 +158,11 @@ class Instrument:
 
 
 class VerifyInstrument(Instrument):
-    """Verify the graph before the pipeline and after every pass that changed it."""
+    """Verify the graph before the pipeline and after every pass that changed it (by its own
+    account or by the graph's version: a pass that wrongly says "unchanged" is checked too)."""
+
+    def __init__(self) -> None:
+        self._version: Optional[int] = None
 
     def enter_pipeline(self, graph, ctx, pipeline) -> None:
         try:
@@ -167,8 +171,11 @@ class VerifyInstrument(Instrument):
             raise VerifyError(f"the input graph does not verify (before any pass ran): {exc}") \
                 from exc
 
+    def run_before_pass(self, graph, ctx, run) -> None:
+        self._version = graph.version
+
     def run_after_pass(self, graph, ctx, run, changed) -> None:
-        if not changed:
+        if not changed and graph.version == self._version:
             return
         try:
             graph.verify()

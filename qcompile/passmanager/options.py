@@ -10,6 +10,7 @@ tuple[T, ...], tuple[T1, T2], list[T] (stored as tuples, since passes are frozen
 """
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
@@ -217,7 +218,6 @@ def format_value(value: Any) -> str:
 
 def check_options(pass_name: str, specs: dict[str, OptionSpec], given: dict[str, Any]) -> dict:
     """`given` checked against `specs`, converted, with defaults filled in; PipelineError otherwise."""
-    import difflib
     for key in given:
         if key not in specs:
             if not specs:

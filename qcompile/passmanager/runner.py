@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
 from ..errors import PassError, QCompileError
-from .context import (DumpIRInstrument, PassContext, PassRecord, PassRun, VerifyInstrument,
-                      safe_filename)
+from .context import PassContext, PassRecord, PassRun, VerifyInstrument, safe_filename
 from .pipeline import Fixpoint, Pipeline
 from .registry import Pass, pass_info
 

@@ -368,7 +368,10 @@ class EntropyObserver(_HistogramObserver):
     """Clip threshold T on |x| minimising the KL divergence between the histogram of |x| and its
     `2**(bits-1)`-level (signed) or `2**bits`-level (unsigned) quantization (TensorRT's entropy
     calibration). The range is `(max(min, -T), min(max, T))`. Bins are the streaming histogram's
-    folded around 0 (exact: its grid is aligned at 0); T is the upper edge of the chosen bin."""
+    folded around 0 (exact: its grid is aligned at 0); T is the upper edge of the chosen bin.
+    As in TensorRT, the smallest threshold searched is `quant_bins` bins, about
+    `quant_bins / bins` of the data's span, so an outlier far beyond that (>~16x the dense range
+    with 4096 bins and 8 bits) cannot be clipped away; pair with a percentile observer then."""
 
     def __init__(self, bits: int = 8, signed: bool = True, bins: int = 4096,
                  axis: Optional[int] = None, name: str = "tensor"):

@@ -106,6 +106,12 @@ class OpDef:
 
     # -- inference and semantics ---------------------------------------------------------------
     def infer(self, input_types: Sequence[Optional[TensorType]], attrs: dict) -> list[TensorType]:
+        if not self.arity_ok(len(input_types)):
+            raise OpError(f"{self.name}: takes inputs ({', '.join(self.inputs)}), "
+                          f"got {len(input_types)}")
+        for name, t in zip(self.inputs, input_types):
+            if t is None and not name.endswith("?"):
+                raise OpError(f"{self.name}: required input '{name.rstrip('*')}' is missing")
         result = self.infer_fn(*input_types, **attrs)
         if isinstance(result, TensorType):
             return [result]
@@ -170,3 +176,40 @@ def _ensure_loaded() -> None:
     if not _loaded:
         _loaded = True
         from . import defs  # noqa: F401  (declares the built-in ops)
+
+
+def markdown_reference() -> str:
+    """The op reference (docs/ops.md) generated from the registry: one table row per op, then
+    the longer notes of ops whose declaration docstring has more than one line."""
+    ops = all_ops()
+    lines = ["# Op reference", "",
+             "Generated from the op registry by `qcompile.ir.ops.registry.markdown_reference()`; "
+             "a test keeps this file equal to its output.", "",
+             "Layout is NCHW for images and OIHW for convolution weights. Inputs marked `?` are "
+             "optional, `*` variadic. Attributes read `name: kind = default`; those without a "
+             "default are required. The semantics column is the float kernel's exact definition.",
+             "", "| op | inputs | attributes | traits | float semantics |", "|---|---|---|---|---|"]
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    for name, op in ops.items():
+        attrs = "<br>".join(f"`{k}: {spec.describe()}`" + (f" {spec.doc}" if spec.doc else "")
+                            for k, spec in op.attrs.items()) or "–"
+        traits = ", ".join(sorted(op.traits)) or "–"
+        lines.append(f"| `{name}` | {', '.join(op.inputs) or '–'} | {cell(attrs)} | {traits} "
+                     f"| {cell(op.doc)} |")
+    notes = [(name, _doc_body(op)) for name, op in ops.items() if _doc_body(op)]
+    if notes:
+        lines += ["", "## Notes", ""]
+        for name, body in notes:
+            lines += [f"### `{name}`", "", body, ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _doc_body(op: OpDef) -> str:
+    """A declaration docstring past its first line, dedented and joined into one paragraph."""
+    import inspect
+    doc = inspect.cleandoc(op.infer_fn.__doc__ or "")
+    body = doc.split("\n", 1)[1] if "\n" in doc else ""
+    return " ".join(line.strip() for line in body.strip().splitlines())

@@ -1,2 +1,2 @@
-"""Built-in op declarations, one module per family."""
-from . import elementwise, nn  # noqa: F401
+"""Built-in op declarations, one module per family (the catalog is docs/ops.md)."""
+from . import elementwise, nn, pool, quant, reduce, shape  # noqa: F401

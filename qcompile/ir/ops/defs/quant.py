@@ -1,0 +1,73 @@
+"""Quantize and dequantize: the boundary between float and integer tensors.
+
+Both are "quant_aware": their kernels receive the QuantParams of the node's input and output
+values (`in_quant`, `out_quant`) from the interpreter, so scales and zero points live once, on
+the values. The scale is used as float32 (as an ONNX float32 scale tensor, TFLite and the C
+backends hold it), so the interpreter and generated code divide by the same number.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...types import INT_DTYPES, UINT_DTYPES, QuantParams, TensorType, numpy_dtype
+from ..registry import AttrSpec, register_op
+from .common import fail, fmt, is_int, require_float
+
+
+def _params(which: str, quant, op: str) -> QuantParams:
+    q = quant[0] if quant else None
+    if q is None:
+        raise ValueError(f"{op} needs QuantParams on its {which} value")
+    return q
+
+
+def _scale_f32(q: QuantParams, rank: int) -> np.ndarray:
+    if q.axis is not None and not -rank <= q.axis < rank:
+        raise ValueError(f"per-channel axis {q.axis} out of range for a rank-{rank} tensor")
+    return q.scale_array(rank).astype(np.float32)
+
+
+@register_op("quantize",
+             attrs={"rounding": AttrSpec("str", "half_even", choices=("half_even", "half_away"),
+                                         doc="ties to even (ONNX) or away from zero (TFLite)"),
+                    "dtype": AttrSpec("str", "i8", choices=INT_DTYPES + UINT_DTYPES,
+                                      doc="output dtype; must equal the output QuantParams' storage")},
+             traits=("quant_aware",))
+def quantize(x, *, rounding, dtype):
+    """q = clamp(round(x / scale) + zero_point, qmin, qmax), x / scale in float32, per tensor or channel."""
+    require_float("quantize", x)
+    return x.with_dtype(dtype)
+
+
+def round_half_away(v: np.ndarray) -> np.ndarray:
+    """Round half away from zero (C's roundf). `v + 0.5` is done in float64, where it is exact
+    for every float32 `v`; in float32 0.49999997 + 0.5 would round up to 1."""
+    v = v.astype(np.float64)
+    return np.trunc(v + np.copysign(0.5, v))
+
+
+@quantize.kernel("float")
+def _quantize(x, *, rounding, dtype, out_quant, in_quant=None):
+    q = _params("output", out_quant, "quantize")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = x.astype(np.float32) / _scale_f32(q, x.ndim)
+    r = np.rint(v) if rounding == "half_even" else round_half_away(v)
+    if np.isnan(r).any():
+        raise ValueError("quantize: input holds nan")
+    out = np.clip(r.astype(np.float64) + q.zero_point_array(x.ndim), q.qmin, q.qmax)
+    return out.astype(numpy_dtype(dtype))
+
+
+@register_op("dequantize", traits=("quant_aware",))
+def dequantize(x):
+    """real = (q - zero_point) * scale as f32 (scale taken as float32), per tensor or channel."""
+    if not is_int(x.dtype):
+        fail("dequantize", f"input must be an integer tensor, got {x.dtype} {fmt(x.shape)}")
+    return x.with_dtype("f32")
+
+
+@dequantize.kernel("float")
+def _dequantize(x, *, in_quant, out_quant=None):
+    q = _params("input", in_quant, "dequantize")
+    centred = x.astype(np.int64) - q.zero_point_array(x.ndim)
+    return (centred * _scale_f32(q, x.ndim).astype(np.float64)).astype(np.float32)
