@@ -102,6 +102,18 @@ def test_exported_program_pt2_file_and_fx_graph_module(cnn, tmp_path):
     assert all(n.loc for n in g.nodes)  # fx code has no source lines: module and node instead
 
 
+def test_fx_graph_module_after_a_user_pass(cnn):
+    model, x = cnn
+    gm = torch.fx.symbolic_trace(model)
+    for node in gm.graph.nodes:  # a user's fx rewrite: every relu becomes a gelu
+        if node.op == "call_function" and node.target is F.relu:
+            node.target, node.kwargs = F.gelu, {}
+    gm.recompile()
+    g = from_torch(gm, (x,))
+    assert "gelu" in g.op_counts() and "relu" not in g.op_counts()
+    assert rel_err(run(g, [x.numpy()])[0], gm(x).detach().numpy()) < 1e-5
+
+
 def test_dynamic_batch(cnn):
     model, x = cnn
     g = from_torch(model, (x,), dynamic_batch=True)
@@ -130,7 +142,7 @@ class ManyOps(nn.Module):
         e = torch.cat([b, a.amax(dim=-1, keepdim=True).expand(-1, -1, 2)], dim=-1)
         y = self.prelu(self.conv(x))
         y = F.hardswish(y) + F.hardsigmoid(y) + F.leaky_relu(y, 0.2) + self.prelu1(y)
-        y = F.max_pool2d(y, 3, 2, ceil_mode=True) + F.avg_pool2d(y, 3, 2, 1, ceil_mode=True)
+        y = F.max_pool2d(y, 3, 2, ceil_mode=True) + F.avg_pool2d(y, 3, 2, 1, count_include_pad=False)
         y = F.pad(y, (1, 0, 2, 1), value=0.5)
         y = torch.clamp(y, -1.0, 2.0) + torch.exp(-y.abs()) + torch.sqrt(y.abs() + 1)
         y = y + torch.rsqrt(y * y + 1) + torch.erf(y) + torch.maximum(y, -y) - torch.minimum(y, y ** 2)

@@ -14,14 +14,14 @@ and weight re-layouts a model carries around leave no trace in the imported grap
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
 from ..errors import FrontendError, QCompileError
 from ..ir.graph import Graph, Value
 from ..ir.ops import registry
-from ..ir.types import QuantParams, dtype_from_numpy, is_float
+from ..ir.types import QuantParams, dtype_from_numpy
 
 # Ops that only move data: folding them keeps the constant's name (`fc.weight` stays `fc.weight`
 # after the exporter transposed it) and, where the channel axis can be followed, its QuantParams.
@@ -87,14 +87,6 @@ class GraphBuilder:
                 x.value = self.graph.add_constant(_clean_name(x.name), arr, quant=x.quant)
             return x.value
         raise AssertionError(f"cannot use {x!r} as a graph value")
-
-    def const(self, name: str, array: Any, dtype: Any = None) -> Const:
-        arr = np.asarray(array, dtype=dtype)
-        return Const(name, arr)
-
-    @staticmethod
-    def is_const(x: Operand) -> bool:
-        return isinstance(x, Const)
 
     # ---- nodes ---------------------------------------------------------------------------
     def emit(self, op: str, inputs: Sequence[Operand], attrs: Optional[dict] = None,
@@ -195,14 +187,6 @@ def float_type_of(x: Operand) -> str:
         except ValueError:
             return "f32"
     return "f32"
-
-
-def numeric_dtype(dtype: str) -> np.dtype:
-    return np.dtype(np.float32) if is_float(dtype) else np.dtype(np.int64)
-
-
-def all_names(values: Iterable[Any]) -> str:
-    return ", ".join(str(v) for v in values)
 
 
 def transposed(c: Const) -> Const:

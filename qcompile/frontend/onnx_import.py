@@ -284,16 +284,30 @@ def _fold_reference(node, inputs: list):
     one.attribute.extend(node.attribute)
     feeds = {n: x.array for n, x in zip(names, inputs) if x is not None}
     try:
-        ev = ReferenceEvaluator(one)
-        results = ev.run(None, feeds)
+        results = ReferenceEvaluator(one).run(None, feeds)
     except Exception:
-        return None  # let the handler import it as a run-time node
+        numpy_fold = _NUMPY_FOLD.get(node.op_type)
+        if numpy_fold is None:
+            return None  # let the handler import it as a run-time node
+        try:
+            results = [numpy_fold(*[None if x is None else x.array for x in inputs], **_attrs(node))]
+        except Exception:
+            return None
     keep = node.op_type in _LAYOUT_ONNX and isinstance(inputs[0], Const)
     consts = []
     for out_name, r in zip([o for o in node.output if o], results):
         consts.append(Const(inputs[0].name if keep else out_name, np.asarray(r)))
     return consts if len(consts) > 1 else consts[0]
 
+
+def _gather_elements(data, idx, axis=0):
+    idx = np.where(idx < 0, idx + data.shape[axis], idx)
+    return np.take_along_axis(data, idx, axis)
+
+
+# Folds for cases where the reference evaluator itself fails (e.g. GatherElements with fewer
+# indices than data along the other axes, which exporters write for `torch.gather`).
+_NUMPY_FOLD = {"GatherElements": _gather_elements}
 
 _LAYOUT_ONNX = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast", "Flatten",
                 "Expand", "Slice"}
@@ -554,6 +568,11 @@ def _reshape(im, node, inputs, attrs):
     if target.count(-1) > 1:
         raise Unsupported(f"Reshape to {tuple(target)}: more than one unknown dimension "
                           f"(pass input_shapes to from_onnx)")
+    if -1 in target and all(d is not None for d in in_shape):  # spell static shapes out
+        known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+        total = int(np.prod(in_shape, dtype=np.int64))
+        if known and total % known == 0:
+            target[target.index(-1)] = total // known
     if tuple(target) == tuple(in_shape):
         return x
     return im.emit("reshape", [x], {"shape": tuple(target)})
@@ -758,6 +777,46 @@ def _gather(im, node, inputs, attrs):
                     name=node.output[0] + "_slice")
         return im.emit("squeeze", [s], {"axes": (axis,)})
     return im.emit("gather", [data, idx], {"axis": axis})
+
+
+@_h("GatherND")
+def _gather_nd(im, node, inputs, attrs):
+    """data[idx[..., 0], idx[..., 1], ...] with constant indices (masks built from `Range`):
+    flatten the indexed leading dims and gather once with the combined linear index."""
+    data, idx = inputs
+    if attrs.get("batch_dims", 0):
+        raise Unsupported("GatherND with batch_dims")
+    if not isinstance(idx, Const):
+        raise Unsupported("GatherND with run-time indices")
+    shape = _shape(data)
+    k = idx.array.shape[-1]
+    lead = shape[:k]
+    if any(d is None for d in lead):
+        raise Unsupported("GatherND over a dynamic dimension")
+    linear = np.zeros(idx.array.shape[:-1], np.int64)
+    for j, d in enumerate(lead):
+        col = idx.array[..., j].astype(np.int64)
+        linear = linear * d + np.where(col < 0, col + d, col)
+    flat = im.emit("reshape", [data], {"shape": (int(np.prod(lead)),) + tuple(
+        -1 if d is None else d for d in shape[k:])}, name=node.output[0] + "_flat")
+    return im.emit("gather", [flat, Const(node.output[0] + ".index", linear)], {"axis": 0})
+
+
+@_h("And", "Or")
+def _logical(im, node, inputs, attrs):
+    """A mask combined with an all-true (And) / all-false (Or) constant is the other mask."""
+    a, b = inputs
+    is_and = node.op_type == "And"
+    for c, other in ((a, b), (b, a)):
+        if isinstance(c, Const) and c.array.size and (c.array.all() if is_and else not c.array.any()):
+            n = max(len(_shape(other)), c.array.ndim)
+            s1 = (1,) * (n - len(_shape(other))) + tuple(_shape(other))
+            s2 = (1,) * (n - c.array.ndim) + tuple(c.array.shape)
+            out = tuple(x if y == 1 else y for x, y in zip(s1, s2))
+            if out != tuple(_shape(other)):
+                return im.emit("expand", [other], {"shape": out})
+            return other
+    raise Unsupported("boolean logic on run-time masks")
 
 
 @_h("Cast", "CastLike")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -125,9 +125,8 @@ def _location(node) -> str:
     if loc:
         return loc
     # fx GraphModules carry no Python source; name the module and the fx node instead.
-    origin = node
     chain = node.meta.get("from_node") or []
-    name = chain[0].name if chain else origin.name
+    name = chain[0].name if chain else node.name
     stack = node.meta.get("nn_module_stack") or {}
     module = [path for path, _ in stack.values() if path][-1:] if stack else []
     return f"{module[0]}:{name}" if module else f"fx:{name}"

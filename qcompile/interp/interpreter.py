@@ -35,6 +35,7 @@ class Interpreter:
         self.graph, self.mode, self.observer, self.keep_all = graph, mode, observer, keep_all
         self._plan = [(n, self._kernel_for(n), self._extra_kwargs(n)) for n in graph.nodes]
         self._last_use = self._last_uses()
+        self._steps = self._compile_steps()
 
     def _kernel_for(self, node: Node) -> Callable:
         opdef = registry.get(node.op)
@@ -64,6 +65,21 @@ class Interpreter:
                     last[id(v)] = i
         return last
 
+    def _compile_steps(self) -> list[tuple]:
+        """The plan with value ids resolved once, so a run does no per-node bookkeeping beyond
+        looking arrays up: (node, kernel, kwargs, input ids, output ids, ids freed after)."""
+        keep = {id(v) for v in self.graph.outputs}
+        steps = []
+        for i, (node, kernel, kwargs) in enumerate(self._plan):
+            in_ids = tuple(None if v is None else id(v) for v in node.inputs)
+            out_ids = tuple(id(v) for v in node.outputs)
+            free = () if self.keep_all else tuple(dict.fromkeys(
+                id(v) for v in node.inputs
+                if v is not None and self._last_use.get(id(v)) == i and id(v) not in keep
+                and v.producer is not None))
+            steps.append((node, kernel, kwargs, in_ids, out_ids, free))
+        return steps
+
     def _bind_inputs(self, inputs: Inputs) -> dict[int, np.ndarray]:
         g = self.graph
         if isinstance(inputs, np.ndarray):
@@ -78,7 +94,8 @@ class Interpreter:
         else:
             arrays = list(inputs)
             if len(arrays) != len(g.inputs):
-                raise InterpError(f"graph @{g.name} takes {len(g.inputs)} inputs, got {len(arrays)}")
+                raise InterpError(f"graph @{g.name} takes {len(g.inputs)} inputs "
+                                  f"({', '.join('%' + v.name for v in g.inputs)}), got {len(arrays)}")
         env = {}
         for v, a in zip(g.inputs, arrays):
             a = np.asarray(a)
@@ -108,10 +125,10 @@ class Interpreter:
         env = self._bind_inputs(inputs)
         for v in self.graph.constants.values():
             env[id(v)] = self._constant(v)
-        keep = {id(v) for v in self.graph.outputs}
         self.values: dict[str, np.ndarray] = {}
-        for i, (node, kernel, kwargs) in enumerate(self._plan):
-            args = [None if v is None else env[id(v)] for v in node.inputs]
+        fakequant, keep_all, observer = self.mode == "fakequant", self.keep_all, self.observer
+        for node, kernel, kwargs, in_ids, out_ids, free in self._steps:
+            args = [None if k is None else env[k] for k in in_ids]
             try:
                 result = kernel(*args, **kwargs)
             except InterpError:
@@ -120,20 +137,18 @@ class Interpreter:
                 raise InterpError(f"node {node.name} ({node.op}) at {node.loc or '?'} failed: "
                                   f"{type(exc).__name__}: {exc}") from exc
             outs = list(result) if isinstance(result, (tuple, list)) else [result]
-            if self.mode == "fakequant":
+            if fakequant:
                 outs = [o if v.quant is None or not np.issubdtype(np.asarray(o).dtype, np.floating)
                         else fake_quantize(np.asarray(o), v.quant) for o, v in zip(outs, node.outputs)]
-            for v, o in zip(node.outputs, outs):
-                env[id(v)] = o
-                if self.keep_all:
+            for k, o in zip(out_ids, outs):
+                env[k] = o
+            if keep_all:
+                for v, o in zip(node.outputs, outs):
                     self.values[v.name] = o
-            if self.observer is not None:
-                self.observer(node, outs)
-            if not self.keep_all:
-                for v in node.inputs:
-                    if v is not None and self._last_use.get(id(v)) == i and id(v) not in keep \
-                            and v.producer is not None:
-                        env.pop(id(v), None)
+            if observer is not None:
+                observer(node, outs)
+            for k in free:
+                env.pop(k, None)
         return [env[id(v)] for v in self.graph.outputs]
 
 

@@ -126,7 +126,8 @@ class Graph:
         from .types import numpy_dtype
         arr = np.asarray(data)
         dtype = dtype or dtype_from_numpy(arr.dtype)
-        arr = np.ascontiguousarray(arr.astype(numpy_dtype(dtype), copy=False))
+        # ascontiguousarray would turn a 0-d array into shape (1,); keep scalars scalar.
+        arr = np.ascontiguousarray(arr.astype(numpy_dtype(dtype), copy=False)).reshape(arr.shape)
         value = self._register(Value(self.fresh_name(name), TensorType(arr.shape, dtype), quant, arr))
         self.constants[value.name] = value
         self.version += 1

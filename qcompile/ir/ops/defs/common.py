@@ -72,9 +72,9 @@ def same_dtype(op: str, *types: TensorType) -> str:
 def norm_axis(op: str, axis: int, rank: int, what: str = "axis", allow_end: bool = False) -> int:
     """`axis` in [-rank, rank) (or [-rank, rank] with `allow_end`) made non-negative."""
     hi = rank + 1 if allow_end else rank
-    if not -hi <= axis < hi:
+    if not -rank <= axis < hi:
         fail(op, f"{what} {axis} is out of range for a rank-{rank} input")
-    return axis % hi if axis < 0 else axis
+    return axis + rank if axis < 0 else axis
 
 
 def norm_axes(op: str, axes: Sequence[int], rank: int, what: str = "axes") -> tuple:

@@ -145,8 +145,12 @@ def _grouped_im2col(xp, weight, kernel, stride, dilation, groups, oh, ow):
     og, k, cols_per_image = o // groups, cg * kh * kw, oh * ow
     sn, sc, sh, sw = xp.strides
     w_g = weight.reshape(groups, og, k)
-    out = np.empty((n, o, oh, ow), dtype=xp.dtype)
     chunk = max(1, _IM2COL_BYTES // (k * cols_per_image * xp.itemsize))
+    if n == 1:  # the GEMM result is already NCHW
+        chunk = 1
+        out = None
+    else:
+        out = np.empty((n, o, oh, ow), dtype=xp.dtype)
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         # (G, Cg, KH, KW, m, OH, OW) view; the reshape to (G, K, m*OH*OW) is the im2col copy.
@@ -156,6 +160,8 @@ def _grouped_im2col(xp, weight, kernel, stride, dilation, groups, oh, ow):
         cols = view.reshape(groups, k, m * cols_per_image)
         res = np.matmul(w_g, cols)  # (G, Og, m*L): one GEMM per group
         res = res.reshape(o, m, oh, ow)
+        if out is None:
+            return res.reshape(1, o, oh, ow)
         if m == 1:
             out[start] = res[:, 0]
         else:

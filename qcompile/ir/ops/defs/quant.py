@@ -30,12 +30,14 @@ def _scale_f32(q: QuantParams, rank: int) -> np.ndarray:
 @register_op("quantize",
              attrs={"rounding": AttrSpec("str", "half_even", choices=("half_even", "half_away"),
                                          doc="ties to even (ONNX) or away from zero (TFLite)"),
-                    "dtype": AttrSpec("str", "i8", choices=INT_DTYPES + UINT_DTYPES,
-                                      doc="output dtype; must equal the output QuantParams' storage")},
+                    "dtype": AttrSpec("str", "i8", doc="output integer dtype (i2..i16, i32, "
+                                      "u2..u16); equals the output QuantParams' storage dtype")},
              traits=("quant_aware",))
 def quantize(x, *, rounding, dtype):
     """q = clamp(round(x / scale) + zero_point, qmin, qmax), x / scale in float32, per tensor or channel."""
     require_float("quantize", x)
+    if dtype not in INT_DTYPES + UINT_DTYPES:
+        fail("quantize", f"dtype {dtype!r} is not an integer IR dtype (i2..i16, i32, u2..u16)")
     return x.with_dtype(dtype)
 
 

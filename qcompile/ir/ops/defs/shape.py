@@ -92,7 +92,7 @@ def flatten(x, *, axis):
 
 @flatten.kernel("float")
 def _flatten(x, *, axis):
-    ax = axis % (x.ndim + 1) if axis < 0 else axis
+    ax = axis + x.ndim if axis < 0 else axis
     return x.reshape(prod(x.shape[:ax]), prod(x.shape[ax:]))
 
 
@@ -238,9 +238,11 @@ def _gather(data, indices, *, axis):
     return np.take(data, indices, axis=axis)
 
 
-@register_op("cast", attrs={"dtype": AttrSpec("str", choices=DTYPES, doc="an IR dtype")})
+@register_op("cast", attrs={"dtype": AttrSpec("str", doc="an IR dtype: f32, i8, u4, bool, ...")})
 def cast(x, *, dtype):
     """x.astype(dtype): float to int truncates toward zero; narrow ints are not range-checked"""
+    if dtype not in DTYPES:
+        fail("cast", f"dtype {dtype!r} is not an IR dtype (one of {', '.join(DTYPES)})")
     return x.with_dtype(dtype)
 
 

@@ -1,0 +1,94 @@
+"""`calibrate`: run the calibration data through the float graph and record the range of every
+float activation in `graph.meta["ranges"]` (what `quantize` turns into scales) and plain
+statistics in `graph.meta["calib_stats"]` (what bias correction reads).
+
+The graph itself is not changed, so the pass reports "unchanged".
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+from qcompile.ir.graph import Graph, Value
+from qcompile.passmanager import Pass, PassContext, register_pass
+from qcompile.quant.calibration import Calibrator, CalibrationData
+from qcompile.quant.observers import (EntropyObserver, MinMaxObserver, MovingAverageMinMaxObserver,
+                                      MSEObserver, Observer, PercentileObserver)
+
+#: Show a progress bar from this many batches on (and only on a terminal).
+PROGRESS_MIN_BATCHES = 20
+
+
+@register_pass("calibrate")
+@dataclass(frozen=True)
+class Calibrate(Pass):
+    """Observe activation ranges on ctx.calibration_data (min/max, EMA, percentile, MSE, entropy)."""
+
+    method: Literal["minmax", "ema", "percentile", "mse", "entropy"] = "minmax"
+    percentile: float = 99.99
+    bits: int = 8            # the bit width MSE and entropy optimise the range for
+    batches: int = 0         # 0: all batches of the calibration data
+    per_channel: bool = False  # ranges per channel (axis 1) instead of per tensor
+    batch_size: int = 64     # rows per batch when the data is one big array (or .npz)
+
+    def run(self, graph: Graph, ctx: PassContext) -> bool:
+        data = CalibrationData(ctx.calibration_data, graph, self.batch_size)
+        calib = Calibrator(graph, self._observer)
+        total = data.total()
+        if self.batches and (total is None or total > self.batches):
+            total = self.batches
+        with _progress(total) as advance:
+            for batch in data:
+                calib.observe_batch(batch)
+                advance()
+                if self.batches and calib.batches >= self.batches:
+                    break
+        graph.meta["ranges"] = calib.ranges()
+        graph.meta["calib_stats"] = calib.stats()
+        ctx.note(f"{self.method} ranges for {len(graph.meta['ranges'])} values from "
+                 f"{calib.batches} batch(es)")
+        return False
+
+    def _observer(self, value: Value, nonnegative: bool) -> Observer:
+        axis = 1 if self.per_channel and value.type.rank >= 2 else None
+        name = f"%{value.name}"
+        if self.method == "minmax":
+            return MinMaxObserver(axis=axis, name=name)
+        if self.method == "ema":
+            return MovingAverageMinMaxObserver(axis=axis, name=name)
+        if self.method == "percentile":
+            return PercentileObserver(self.percentile, axis=axis, name=name)
+        if self.method == "mse":
+            # unsigned for non-negative values: the grid quantize will pick for them
+            return MSEObserver(self.bits, signed=not nonnegative, axis=axis, name=name)
+        return EntropyObserver(self.bits, signed=not nonnegative, axis=axis, name=name)
+
+
+def _progress(total):
+    """A context giving an `advance()` callable: a rich bar on a terminal for long runs, a no-op
+    otherwise (pipes, CI logs, tests)."""
+    interactive = sys.stderr.isatty() and "PYTEST_CURRENT_TEST" not in os.environ
+    if not interactive or (total is not None and total < PROGRESS_MIN_BATCHES):
+        return nullcontext(lambda: None)
+    return _RichProgress(total)
+
+
+class _RichProgress:
+    def __init__(self, total):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+        self.progress = Progress("calibrating", BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=Console(stderr=True),
+                                 transient=True)
+        self.total = total
+
+    def __enter__(self):
+        self.progress.__enter__()
+        task = self.progress.add_task("calibrate", total=self.total)
+        return lambda: self.progress.advance(task)
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
