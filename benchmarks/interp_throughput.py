@@ -2,9 +2,10 @@
 
 Builds each network twice from the same weights: as a torch.nn.Sequential, and as a qcompile
 Graph through the Graph API (one node per layer). Prints images/s for both at batch 1 and 256
-and the ratio (ours / torch). torch runs with 2 intra-op threads.
+and the ratio (ours / torch), each from the median time per call. torch runs with 2 intra-op
+threads by default, and numpy's BLAS the same number (through threadpoolctl, if installed).
 
-    python benchmarks/interp_throughput.py [--seconds 1.0]
+    python benchmarks/interp_throughput.py [--seconds 1.0] [--threads 2]
 """
 from __future__ import annotations
 
@@ -87,21 +88,30 @@ def to_graph(model: nn.Sequential, input_shape: tuple) -> Graph:
 
 
 def images_per_s(fn, batch: int, seconds: float) -> float:
+    """batch / median call time over `seconds` of calls: the median shrugs off the scheduler
+    stalls a shared machine inflicts on multi-threaded BLAS/OpenMP, which a plain mean does not."""
     fn()  # warm-up (allocations, lazy imports)
-    runs, start = 0, time.perf_counter()
-    while True:
+    times, start = [], time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 5:
+        t0 = time.perf_counter()
         fn()
-        runs += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds:
-            return runs * batch / elapsed
+        times.append(time.perf_counter() - t0)
+    return batch / float(np.median(times))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch intra-op threads, and numpy BLAS threads where threadpoolctl "
+                             "is installed (default 2)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=args.threads, user_api="blas")
+    except ImportError:
+        pass  # numpy's BLAS keeps its default thread count
     rows = []
     for name, make, shape in (("digits 1x8x8", digits_cnn, (1, 1, 8, 8)),
                               ("lenet 1x28x28", lenet_cnn, (1, 1, 28, 28))):

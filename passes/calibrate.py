@@ -12,6 +12,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
+from qcompile.errors import PipelineError
 from qcompile.ir.graph import Graph, Value
 from qcompile.passmanager import Pass, PassContext, register_pass
 from qcompile.quant.calibration import Calibrator, CalibrationData
@@ -33,6 +34,19 @@ class Calibrate(Pass):
     batches: int = 0         # 0: all batches of the calibration data
     per_channel: bool = False  # ranges per channel (axis 1) instead of per tensor
     batch_size: int = 64     # rows per batch when the data is one big array (or .npz)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problems = {
+            "percentile": (50.0 < self.percentile <= 100.0, "must be in (50, 100]"),
+            "bits": (2 <= self.bits <= 16, "must be in 2..16"),
+            "batches": (self.batches >= 0, "must be >= 0 (0 means all)"),
+            "batch_size": (self.batch_size >= 1, "must be >= 1"),
+        }
+        for option, (ok, expected) in problems.items():
+            if not ok:
+                raise PipelineError(f"pass 'calibrate', option '{option}': {expected}, got "
+                                    f"{getattr(self, option)!r}")
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         data = CalibrationData(ctx.calibration_data, graph, self.batch_size)

@@ -33,12 +33,13 @@ from typing import Optional
 
 import numpy as np
 
-from qcompile.errors import PassError
+from qcompile.errors import PassError, PipelineError
 from qcompile.ir.graph import Graph, Node, Value
 from qcompile.ir.ops import registry
 from qcompile.ir.types import QuantParams, is_float
 from qcompile.passmanager import Pass, PassContext, register_pass
 from qcompile.quant.calibration import nonnegative_values
+from qcompile.quant.intmath import QuantError
 from qcompile.quant.observers import choose_qparams
 from qcompile.quant.scheme import (FUSABLE_ACTIVATIONS, FUSING_PRODUCERS, PASS_THROUGH_OPS,
                                    QuantScheme, check_bits)
@@ -64,8 +65,6 @@ class Quantize(Pass):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from qcompile.errors import PipelineError
-        from qcompile.quant.intmath import QuantError
         for option in ("w", "a"):
             value = getattr(self, option)
             if value is not None:

@@ -181,9 +181,11 @@ def test_errors_are_user_errors_that_name_the_pass():
         calibrate(small_graph(), [])
 
 
-def test_bad_options():
-    with pytest.raises(qcompile.PipelineError):
-        calibrate(small_graph(), batches(), "calibrate{method=median}")
+@pytest.mark.parametrize("spec, option", [("method=median", "method"), ("percentile=20", "percentile"),
+                                          ("bits=1", "bits"), ("batches=-1", "batches")])
+def test_bad_options(spec, option):
+    with pytest.raises(qcompile.PipelineError, match=f"option '{option}'"):
+        calibrate(small_graph(), batches(), f"calibrate{{{spec}}}")
 
 
 # ---- structure ------------------------------------------------------------------------------
@@ -195,20 +197,20 @@ def test_nonnegative_values_are_structural():
     assert nonnegative_values(g) == {"r", "sig", "flat"}
 
 
-def test_calibration_is_fast_on_a_conv_net():
-    """Vectorised observers: 64 batches of a 16-channel 32x32 conv net in a few seconds."""
+def test_calibration_is_vectorised():
+    """Observers cost O(elements) numpy work, no Python loop per element: 64 batches of six
+    131k-element activations (50 M observed values) take well under the bound even with the
+    histogram-based percentile observer. The graph is element-wise so observers dominate."""
     import time
-    rng = np.random.default_rng(0)
-    g = Graph("convnet")
-    x = g.add_input("x", TensorType((None, 3, 32, 32)))
+    g = Graph("wide")
+    x = g.add_input("x", TensorType((None, 16, 32, 32)))
     h = x
-    for i in range(3):
-        w = g.add_constant(f"w{i}", rng.standard_normal((16, h.type.shape[1], 3, 3)).astype(np.float32))
-        h = g.add_node("relu", [g.add_node("conv2d", [h, w, None], {"padding": (1, 1, 1, 1)},
-                                           name=f"c{i}").output], name=f"r{i}").output
+    for i in range(5):
+        h = g.add_node("relu" if i % 2 else "neg", [h], name=f"n{i}").output
     g.outputs = [h]
-    data = [rng.standard_normal((8, 3, 32, 32)).astype(np.float32) for _ in range(64)]
+    rng = np.random.default_rng(0)
+    data = [rng.standard_normal((8, 16, 32, 32)).astype(np.float32) for _ in range(64)]
     start = time.perf_counter()
     calibrate(g, data, "calibrate{method=percentile}")
-    assert time.perf_counter() - start < 5.0
-    assert len(g.meta["ranges"]) == 7
+    assert time.perf_counter() - start < 8.0
+    assert len(g.meta["ranges"]) == 6

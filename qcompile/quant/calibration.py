@@ -126,48 +126,46 @@ class CalibrationData:
                                    f"{ {k: a.shape[0] for k, a in out.items() if a.ndim} }")
         return out
 
-    def _step(self) -> int:
-        """Rows per batch: the graph's fixed batch dimension if it has one, else batch_size."""
-        fixed = {v.type.shape[0] for v in self.graph.inputs
-                 if v.type.rank and v.type.shape[0] is not None}
-        return min(fixed) if fixed else self.batch_size
+    @property
+    def fixed_batch(self) -> Optional[int]:
+        """The graph's static batch dimension (a model traced with batch 1), if it has one."""
+        fixed = [v.type.shape[0] for v in self.graph.inputs
+                 if v.type.rank and v.type.shape[0] is not None]
+        return min(fixed) if fixed else None
 
     def _cut(self, batch: Batch, where: str) -> Iterator[Batch]:
         rows = next((a.shape[0] for a in batch.values() if a.ndim), None)
-        step = self._step()
-        fixed = any(v.type.rank and v.type.shape[0] is not None for v in self.graph.inputs)
-        if rows is None or rows == 0:
+        if not rows:
             return
-        if fixed and rows % step:
+        step = self.fixed_batch
+        if step is None:
+            if self.dataset is None:  # batches from an iterable keep their size
+                yield batch
+                return
+            step = self.batch_size
+        elif rows % step:
             raise CalibrationError(f"{where}: {rows} samples, but the graph's inputs have a fixed "
                                    f"batch size of {step}; give a multiple of {step}")
-        if not fixed and self.dataset is None:  # batches from an iterable keep their size
-            yield batch
-            return
         for start in range(0, rows, step):
             yield {k: (a[start:start + step] if a.ndim else a) for k, a in batch.items()}
 
     def total(self) -> Optional[int]:
-        step = self._step()
         if self.dataset is not None:
             rows = next((len(a) for a in self.dataset.values() if np.ndim(a)), 0)
-            return -(-rows // step)
-        fixed = any(v.type.rank and v.type.shape[0] is not None for v in self.graph.inputs)
-        if not fixed and hasattr(self.batches, "__len__"):
+            return -(-rows // (self.fixed_batch or self.batch_size))
+        if self.fixed_batch is None and hasattr(self.batches, "__len__"):
             return len(self.batches)
         return None
 
     def __iter__(self) -> Iterator[Batch]:
         produced = 0
-        if self.dataset is not None:
-            items: Iterable = [self.dataset]
-        else:
-            items = self.batches
+        items: Iterable = [self.dataset] if self.dataset is not None else self.batches
         for i, item in enumerate(items):
-            where = self.what if self.dataset is not None else f"{self.what}, batch {i}"
-            batch = self._check(self.dataset if self.dataset is not None
-                                else self._as_batch(item, i), where)
-            for piece in self._cut(batch, where):
+            if self.dataset is not None:
+                where, batch = self.what, self.dataset
+            else:
+                where, batch = f"{self.what}, batch {i}", self._as_batch(item, i)
+            for piece in self._cut(self._check(batch, where), where):
                 produced += 1
                 yield piece
         if produced == 0:

@@ -72,8 +72,8 @@ def _weight_bits(value: Value) -> Optional[int]:
     node = value.producer
     if node is None or node.op not in ("conv2d", "linear", "matmul"):
         return None
-    w = node.inputs[1]
-    return w.quant.bits if w is not None and w.quant is not None else None
+    w = node.inputs[1]  # a matmul of two activations has no weight
+    return w.quant.bits if w is not None and w.is_constant and w.quant is not None else None
 
 
 def _run_pair(graph: Graph, data: Any, batches: int, keep_all: bool):
@@ -130,7 +130,8 @@ def print_sqnr_table(rows: list[LayerError], console: Any = None, title: str = "
     for col, justify in (("value", "left"), ("op", "left"), ("bits", "right"),
                          ("w bits", "right"), ("SQNR dB", "right"), ("max |err|", "right"),
                          ("rms", "right")):
-        table.add_column(col, justify=justify, overflow="fold")
+        # names may be long (traced models); numbers and op names must stay on one line
+        table.add_column(col, justify=justify, overflow="fold", no_wrap=col != "value")
     for r in rows:
         if r.sqnr_db == math.inf:
             sqnr = "exact"

@@ -8,7 +8,6 @@ convolutions skip im2col and accumulate one shifted view per kernel tap instead.
 from __future__ import annotations
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from ...types import TensorType
 from ..registry import AttrSpec, register_op
@@ -63,6 +62,14 @@ def pad_nchw(x: np.ndarray, top: int, left: int, bottom: int, right: int, value)
     return out
 
 
+def strided(base: np.ndarray, shape: tuple, strides: tuple, offset: int = 0) -> np.ndarray:
+    """A read-only view into C-contiguous `base` (like numpy's as_strided, which costs several
+    microseconds a call through its array-interface detour; kernels make many of these)."""
+    view = np.ndarray(shape, base.dtype, buffer=base, offset=offset, strides=strides)
+    view.flags.writeable = False
+    return view
+
+
 def tap_views(xp: np.ndarray, kernel, stride, dilation, oh: int, ow: int):
     """For each kernel tap (i, j): the (N, C, OH, OW) strided view of the inputs it reads."""
     xp = np.ascontiguousarray(xp)
@@ -70,9 +77,8 @@ def tap_views(xp: np.ndarray, kernel, stride, dilation, oh: int, ow: int):
     n, c = xp.shape[:2]
     for i in range(kernel[0]):
         for j in range(kernel[1]):
-            base = xp[:, :, i * dilation[0]:, j * dilation[1]:]
-            yield (i, j), as_strided(base, (n, c, oh, ow), (sn, sc, sh * stride[0], sw * stride[1]),
-                                     writeable=False)
+            yield (i, j), strided(xp, (n, c, oh, ow), (sn, sc, sh * stride[0], sw * stride[1]),
+                                  i * dilation[0] * sh + j * dilation[1] * sw)
 
 
 def ceil_extra(size: int, out: int, k: int, stride: int, dilation: int, pad_lo: int,
@@ -154,9 +160,9 @@ def _grouped_im2col(xp, weight, kernel, stride, dilation, groups, oh, ow):
     for start in range(0, n, chunk):
         m = min(chunk, n - start)
         # (G, Cg, KH, KW, m, OH, OW) view; the reshape to (G, K, m*OH*OW) is the im2col copy.
-        view = as_strided(xp[start:], (groups, cg, kh, kw, m, oh, ow),
-                          (sc * cg, sc, sh * dilation[0], sw * dilation[1], sn,
-                           sh * stride[0], sw * stride[1]), writeable=False)
+        view = strided(xp, (groups, cg, kh, kw, m, oh, ow),
+                       (sc * cg, sc, sh * dilation[0], sw * dilation[1], sn,
+                        sh * stride[0], sw * stride[1]), start * sn)
         cols = view.reshape(groups, k, m * cols_per_image)
         res = np.matmul(w_g, cols)  # (G, Og, m*L): one GEMM per group
         res = res.reshape(o, m, oh, ow)

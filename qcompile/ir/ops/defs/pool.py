@@ -53,7 +53,12 @@ def _check_pool_padding(op, kernel, padding, dilation=(1, 1)):
                     "dilation": AttrSpec("ints", (1, 1)),
                     "ceil_mode": AttrSpec("bool", False, doc="round the output size up")})
 def max_pool2d(x, *, kernel, stride, padding, dilation, ceil_mode):
-    """Max over each (dilated) window as torch max_pool2d; padding never wins (it is -inf)."""
+    """Max over each (dilated) window as torch max_pool2d; padding never wins (it is -inf).
+
+    With ceil_mode the output size rounds up, but the last window must start inside the input
+    or the top/left padding (the PyTorch and ONNX rule); windows may then run past the padded
+    input, and only real elements count. Padding may be at most half the effective kernel.
+    """
     require_numeric("max_pool2d", x)
     stride = _stride(kernel, stride)
     check_window_attrs("max_pool2d", x, kernel, stride, padding, dilation)

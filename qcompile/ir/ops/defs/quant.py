@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...types import INT_DTYPES, UINT_DTYPES, QuantParams, TensorType, numpy_dtype
+from ...types import INT_DTYPES, UINT_DTYPES, QuantParams, numpy_dtype
 from ..registry import AttrSpec, register_op
 from .common import fail, fmt, is_int, require_float
 
@@ -34,7 +34,13 @@ def _scale_f32(q: QuantParams, rank: int) -> np.ndarray:
                                       "u2..u16); equals the output QuantParams' storage dtype")},
              traits=("quant_aware",))
 def quantize(x, *, rounding, dtype):
-    """q = clamp(round(x / scale) + zero_point, qmin, qmax), x / scale in float32, per tensor or channel."""
+    """q = clamp(round(x / scale) + zero_point, qmin, qmax), x / scale in float32, per tensor or channel.
+
+    scale, zero_point, qmin and qmax come from the output value's QuantParams (per channel along
+    its axis). x / scale is one float32 division; half_even then rounds ties to even (np.rint,
+    ONNX QuantizeLinear), half_away rounds them away from zero (TFLite's TfLiteRound), so
+    0.35 / 0.1 = 3.5 in float32 gives 4 either way and 4.5 gives 4 / 5. A nan input is an error.
+    """
     require_float("quantize", x)
     if dtype not in INT_DTYPES + UINT_DTYPES:
         fail("quantize", f"dtype {dtype!r} is not an integer IR dtype (i2..i16, i32, u2..u16)")

@@ -6,6 +6,8 @@ values and concat/gather may mix differently-quantized sources.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ...types import DTYPES, TensorType, numpy_dtype
@@ -93,7 +95,7 @@ def flatten(x, *, axis):
 @flatten.kernel("float")
 def _flatten(x, *, axis):
     ax = axis + x.ndim if axis < 0 else axis
-    return x.reshape(prod(x.shape[:ax]), prod(x.shape[ax:]))
+    return x.reshape(math.prod(x.shape[:ax]), math.prod(x.shape[ax:]))
 
 
 @register_op("transpose", attrs={"perm": AttrSpec("ints", doc="output dim i is input dim perm[i]")},
@@ -177,7 +179,12 @@ def _slices(op, rank, axes, starts, ends, steps):
                     "steps": AttrSpec("ints", (), doc="empty: all 1")},
              traits=_SHAPE)
 def slice_(x, *, axes, starts, ends, steps):
-    """x[starts:ends:steps] per listed axis, Python slicing (negative indices, ends clamped)"""
+    """x[starts:ends:steps] per listed axis, Python slicing (negative indices, ends clamped)
+
+    Exactly Python's slice(start, end, step) on each listed axis: negative starts and ends count
+    from the end, out-of-range values clamp, and a negative step walks backwards (an end of
+    -huge means "through index 0"). Unlisted axes are kept whole.
+    """
     per_axis = _slices("slice", x.rank, axes, starts, ends, steps)
     shape = list(x.shape)
     for ax, s in per_axis.items():
