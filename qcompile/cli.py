@@ -130,7 +130,9 @@ def _passes(args: argparse.Namespace) -> int:
     for name, info in all_passes().items():
         opts = "\n".join(spec.describe() for spec in info.options.values())
         table.add_row(name, info.doc, opts or "-")
-    Console(width=max(100, Console().width)).print(table)
+    # Piped output (build logs, tests) gets a wide table so descriptions are not wrapped mid-phrase.
+    console = Console()
+    Console(width=console.width if console.is_terminal else 200).print(table)
     return 0
 
 

@@ -50,7 +50,7 @@ def test_bad_pipeline_exits_2_with_a_caret(net):
     r = qc("inspect", net, "-p", "dce,fold-constans")
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("error: pipeline at column 5: unknown pass 'fold-constans'; "
-                               "did you mean fold-constants?")
+                               "did you mean fold-constants")
     assert "  dce,fold-constans\n      ^" in r.stderr
     assert "Traceback" not in r.stderr
 

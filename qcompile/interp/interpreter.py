@@ -17,11 +17,13 @@ Inputs = Union[Mapping[str, np.ndarray], Sequence[np.ndarray], np.ndarray]
 
 
 def fake_quantize(x: np.ndarray, q: QuantParams) -> np.ndarray:
-    """Quantize-dequantize with round-half-to-even, the default simulation of a QuantParams."""
-    scale = q.scale_array(x.ndim)
-    zp = q.zero_point_array(x.ndim)
-    qx = np.clip(np.rint(x / scale) + zp, q.qmin, q.qmax)
-    return ((qx - zp) * scale).astype(x.dtype)
+    """Quantize (ties to even, as the `quantize` op) then dequantize: the simulation of a value
+    carrying QuantParams. Uses the same definitions as the quantize/dequantize kernels."""
+    from ..ir.ops.defs.quant import dequantize_array
+    from ..quant.intmath import quantize_float
+    qx = quantize_float(x, q.scale_array(x.ndim).astype(np.float32), q.zero_point_array(x.ndim),
+                        q.qmin, q.qmax, "half_even")
+    return dequantize_array(qx, q).astype(x.dtype)
 
 
 class Interpreter:

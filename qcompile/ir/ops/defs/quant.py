@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....quant.intmath import quantize_float
 from ...types import INT_DTYPES, UINT_DTYPES, QuantParams, numpy_dtype
 from ..registry import AttrSpec, register_op
 from .common import fail, fmt, is_int, require_float
@@ -47,23 +48,20 @@ def quantize(x, *, rounding, dtype):
     return x.with_dtype(dtype)
 
 
-def round_half_away(v: np.ndarray) -> np.ndarray:
-    """Round half away from zero (C's roundf). `v + 0.5` is done in float64, where it is exact
-    for every float32 `v`; in float32 0.49999997 + 0.5 would round up to 1."""
-    v = v.astype(np.float64)
-    return np.trunc(v + np.copysign(0.5, v))
-
-
 @quantize.kernel("float")
 def _quantize(x, *, rounding, dtype, out_quant, in_quant=None):
+    # The one definition of float -> int quantization lives in intmath; this kernel only
+    # shapes the per-channel parameters and picks the storage type.
     q = _params("output", out_quant, "quantize")
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        v = x.astype(np.float32) / _scale_f32(q, x.ndim)
-    r = np.rint(v) if rounding == "half_even" else round_half_away(v)
-    if np.isnan(r).any():
-        raise ValueError("quantize: input holds nan")
-    out = np.clip(r.astype(np.float64) + q.zero_point_array(x.ndim), q.qmin, q.qmax)
+    out = quantize_float(x, _scale_f32(q, x.ndim), q.zero_point_array(x.ndim), q.qmin, q.qmax,
+                         rounding)
     return out.astype(numpy_dtype(dtype))
+
+
+def dequantize_array(q_values: np.ndarray, q: QuantParams) -> np.ndarray:
+    """real = (q - zero_point) * scale, scale as float32, result float32."""
+    centred = q_values.astype(np.int64) - q.zero_point_array(q_values.ndim)
+    return (centred * _scale_f32(q, q_values.ndim).astype(np.float64)).astype(np.float32)
 
 
 @register_op("dequantize", traits=("quant_aware",))
@@ -76,6 +74,4 @@ def dequantize(x):
 
 @dequantize.kernel("float")
 def _dequantize(x, *, in_quant, out_quant=None):
-    q = _params("input", in_quant, "dequantize")
-    centred = x.astype(np.int64) - q.zero_point_array(x.ndim)
-    return (centred * _scale_f32(q, x.ndim).astype(np.float64)).astype(np.float32)
+    return dequantize_array(x, _params("input", in_quant, "dequantize"))
