@@ -47,7 +47,7 @@ def absorbable(link: Link, stats: dict) -> bool:
 
 @register_pass("absorb-bias")
 def absorb_bias(graph: Graph, ctx: PassContext) -> bool:
-    """Move the always-positive part of a layer's bias (from BN stats) through ReLU into the next."""
+    """Move the always-positive part of biases (from BN stats) through ReLUs into the next layer."""
     stats = dict(graph.meta.get("bn_stats", {}))
     changed = False
     done: set = set()

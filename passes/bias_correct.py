@@ -20,8 +20,8 @@ E[x], the mean of each input channel of the layer, comes from:
     other activations (prelu, leaky_relu) by quadrature. Average pooling keeps the mean; max
     pooling over a window of k raises it, modelled as the max of k independent samples
     (neighbouring pixels are correlated, so this overestimates; on the digits CNN it predicts
-    1.33 where the data gives 1.2, against 0.5 when max pooling is ignored). Layers whose input has no such
-    statistics (the first layer, layers after an add) are left alone and noted.
+    1.33 where the data gives 1.2, against 0.5 when max pooling is ignored). Layers whose
+    input has no such statistics (the first layer, layers after an add) are left alone, noted.
 """
 from __future__ import annotations
 
@@ -145,8 +145,12 @@ def _input_mean(link: Link, act: Optional[Node], mu: np.ndarray, sigma: np.ndarr
             window *= int(np.prod(node.attrs["kernel"]))
     if window == 1 and (act is None or act.op in ("identity", "relu", "clip")):
         # the closed forms of the paper
-        lo, hi = (-np.inf, np.inf) if act is None or act.op == "identity" else \
-            (0.0, np.inf) if act.op == "relu" else (float(act.attrs["min"]), float(act.attrs["max"]))
+        if act is None or act.op == "identity":
+            lo, hi = -np.inf, np.inf
+        elif act.op == "relu":
+            lo, hi = 0.0, np.inf
+        else:
+            lo, hi = float(act.attrs["min"]), float(act.attrs["max"])
         return clipped_normal_mean(mu, sigma, lo, hi)
     fn, monotone = _activation_fn(link, act, mu.size)
     if window > 1 and not monotone:

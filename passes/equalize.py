@@ -9,7 +9,8 @@ leaky_relu, identity, pooling, reshapes: see `qcompile.quant.chains`),
 so dividing output channel i of layer 1 (weights and bias) by s_i and multiplying the weights of
 layer 2 that read channel i by s_i leaves the float function unchanged. Choosing
 
-    s_i = sqrt(r1_i * r2_i) / r2_i     (r1: max |W1| of output channel i, r2: max |W2| over what reads i)
+    s_i = sqrt(r1_i * r2_i) / r2_i
+    (r1_i: max |W1| of output channel i; r2_i: max |W2| over the weights that read channel i)
 
 gives both layers the same range sqrt(r1_i * r2_i) for that channel, which makes per-tensor
 weight quantization far less lossy when channel ranges differ a lot (depthwise convs). In a
@@ -140,7 +141,7 @@ class Equalize(Pass):
             if entry is not None:
                 stats[link.src.output.name] = {**entry, "gamma": entry["gamma"] / s,
                                                "beta": entry["beta"] / s}
-        if "bn_stats" in graph.meta or stats:
+        if stats:
             graph.meta["bn_stats"] = stats
         for clip, channels, k in clips:
             _per_channel_clip(graph, clip, channels, totals[k])

@@ -57,8 +57,8 @@ def _fold(graph: Graph, bn: Node) -> str:
 
     k = gamma / np.sqrt(var + eps)
     dtype = mac.inputs[1].type.dtype
-    new_w = graph.add_constant(mac.inputs[1].name + ".folded", w * k.reshape((-1,) + (1,) * (w.ndim - 1)),
-                               dtype=dtype)
+    scaled = w * k.reshape((-1,) + (1,) * (w.ndim - 1))  # per output channel (axis 0)
+    new_w = graph.add_constant(mac.inputs[1].name + ".folded", scaled, dtype=dtype)
     new_b = graph.add_constant((bias.name if bias is not None else mac.name + ".bias") + ".folded",
                                (b - mean) * k + beta, dtype=dtype)
     name = bn.output.name

@@ -8,7 +8,6 @@ from scipy import stats as sps
 
 import qcompile
 from qcompile import Graph, PassError, QuantParams, TensorType
-from qcompile.interp.interpreter import fake_quantize
 from qcompile.passmanager import PassContext
 from qcompile.passes.bias_correct import clipped_normal_mean
 

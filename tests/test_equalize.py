@@ -7,7 +7,6 @@ import pytest
 
 import qcompile
 from qcompile import Graph, PipelineError, TensorType
-from qcompile.passmanager import PassContext
 from qcompile.quant.chains import find_chains, find_links, in_ranges, input_index, out_ranges
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -35,9 +34,8 @@ def conv(g, x, cin, cout, name, k=3, groups=1, bias=True, skew=False):
 def act(g, x, op, name):
     if op == "prelu":
         c = x.type.shape[1]
-        return g.add_node("prelu", [x, g.add_constant(name + ".slope",
-                                                      RNG.uniform(-0.5, 0.5, c).astype(np.float32))],
-                          name=name)
+        slope = g.add_constant(name + ".slope", RNG.uniform(-0.5, 0.5, c).astype(np.float32))
+        return g.add_node("prelu", [x, slope], name=name)
     attrs = {"min": 0.0, "max": 6.0} if op == "clip" else {}
     return g.add_node(op, [x], attrs, name=name)
 
@@ -218,7 +216,6 @@ def _zoo_graph(name):
     return qcompile.from_torch(model, (torch.from_numpy(x),)), x
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name,clip,chains", [
     # every MobileNetV2 chain passes a ReLU6 or meets a residual fork: nothing to do unless the
     # clips may become per-channel
@@ -272,7 +269,8 @@ def test_absorb_bias_needs_bn_stats_and_relu():
     del g.meta["bn_stats"]
     assert qcompile.run_pipeline(g, "absorb-bias").records[-1].changed is False
     g = mbnet_block("clip")
-    g.meta["bn_stats"] = {n: {"gamma": np.ones(8), "beta": np.full(8, 9.0)} for n in ("expand", "dw")}
+    g.meta["bn_stats"] = {n: {"gamma": np.ones(8), "beta": np.full(8, 9.0)}
+                          for n in ("expand", "dw")}
     assert qcompile.run_pipeline(g, "absorb-bias").records[-1].changed is False
 
 
@@ -302,7 +300,8 @@ def test_absorb_bias_approximation_on_real_images():
     y1 = inter.values["c1"]
     mu, sd = y1.mean(axis=(0, 2, 3)), y1.std(axis=(0, 2, 3))
     g.value("c1.b").data[...] += (4 * sd - mu).astype(np.float32)  # mean now 4 sigma above 0
-    g.meta["bn_stats"] = {"c1": {"gamma": sd.astype(np.float64), "beta": 4.0 * sd.astype(np.float64)}}
+    sd = sd.astype(np.float64)
+    g.meta["bn_stats"] = {"c1": {"gamma": sd, "beta": 4.0 * sd}}
     before = qcompile.run(g, [X])[0]
     qcompile.run_pipeline(g, "absorb-bias")
     after = qcompile.run(g, [X])[0]
