@@ -100,6 +100,9 @@ def print_diagnostics(ctx) -> None:
     arg("--dump-ir", metavar="DIR", help="write the IR after every pass to numbered files in DIR"),
     arg("--input-shape", metavar="NAME=D1,D2,...", type=_parse_shape, action="append",
         help="pin an input's shape (ONNX models with dynamic dimensions); repeatable"),
+    arg("--calibration", metavar="NPZ", help="calibration inputs for the calibrate pass (.npz)"),
+    arg("--sqnr", metavar="NPZ", help="after the pipeline, print per-layer SQNR of the simulated "
+        "quantized graph against float on these inputs (.npz; labels 'y' add accuracies)"),
 ])
 def _inspect(args: argparse.Namespace) -> int:
     from .api import load
@@ -107,13 +110,41 @@ def _inspect(args: argparse.Namespace) -> int:
     pipeline = parse_pipeline(args.pipeline)  # a bad pipeline fails before a slow model load
     shapes = dict(args.input_shape) if args.input_shape else None
     graph = load(args.file, input_shapes=shapes)
-    ctx = make_context(args)
+    original = graph.copy() if args.sqnr else None
+    ctx = make_context(args, calibration_data=args.calibration)
     try:
         run_pipeline(graph, pipeline, ctx)
     finally:
         print_diagnostics(ctx)
     sys.stdout.write(graph.dump(full=args.full))
+    if args.sqnr:
+        _print_sqnr(original, graph, args.sqnr)
     return 0
+
+
+def _print_sqnr(original, graph, path: str) -> None:
+    """The per-layer error table, and float vs simulated accuracy when the file has labels.
+
+    Per-layer SQNR compares the simulated graph with the same graph run in float (the pipeline's
+    float rewrites included); the float accuracy is that of the model as loaded, because bias
+    correction deliberately changes the float graph."""
+    import numpy as np
+    from rich.console import Console
+
+    from .quant.sqnr import compare_outputs, per_layer_sqnr, print_sqnr_table
+    inputs = path  # the calibration reader takes .npz files (arrays named after inputs, or 'x')
+    with np.load(path) as npz:
+        labels = npz["y"] if "y" in npz.files else None
+    console = Console(width=None if Console().is_terminal else 160)
+    print_sqnr_table(per_layer_sqnr(graph, inputs), console=console)
+    result = compare_outputs(graph, inputs, labels)
+    line = (f"output SQNR {result['output_sqnr_db']:.1f} dB, top-1 agreement "
+            f"{100 * result['top1_agreement']:.2f} % on {result['samples']} samples")
+    if labels is not None:
+        float_acc = compare_outputs(original, inputs, labels)["float_accuracy"]
+        line += (f"; accuracy of the loaded float model {100 * float_acc:.2f} %, "
+                 f"simulated quantized {100 * result['quant_accuracy']:.2f} %")
+    console.print(line)
 
 
 # ---- passes -----------------------------------------------------------------------------------

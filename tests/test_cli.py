@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,26 @@ def test_load_torch_module_and_pt2(tmp_path):
     (tmp_path / "junk.pt2").write_bytes(b"not a zip")
     with pytest.raises(FrontendError, match="not a readable torch.export archive"):
         load(tmp_path / "junk.pt2")
+
+
+DIGITS = Path(__file__).resolve().parents[1] / "examples" / "models"
+
+
+@pytest.mark.slow
+def test_inspect_quantizes_the_bundled_model_and_prints_sqnr():
+    """The README's main job: calibrate and quantize the digits CNN, print IR, SQNR and accuracy."""
+    r = qc("inspect", DIGITS / "digits_cnn.onnx", "-p",
+           "fold-bn,equalize,calibrate,quantize{w=8,a=8},bias-correct",
+           "--calibration", DIGITS / "digits_calib.npz", "--sqnr", DIGITS / "digits_test.npz")
+    assert r.returncode == 0, r.stderr
+    assert "quant<scale=" in r.stdout and "per-layer SQNR" in r.stdout
+    accuracy = float(r.stdout.rsplit("simulated quantized ", 1)[1].split(" %")[0])
+    assert accuracy >= 99.1
+
+
+def test_inspect_with_missing_calibration_file_exits_2(tmp_path):
+    r = qc("inspect", DIGITS / "digits_cnn.onnx", "-p", "calibrate",
+           "--calibration", tmp_path / "nope.npz")
+    assert r.returncode == 2
+    assert "nope.npz" in r.stderr and "no such file" in r.stderr
+    assert "Traceback" not in r.stderr

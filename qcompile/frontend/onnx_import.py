@@ -580,8 +580,15 @@ def _reshape(im, node, inputs, attrs):
 
 @_h("Flatten")
 def _flatten(im, node, inputs, attrs):
+    # ONNX allows axis in [-r, r]; axis == r is legal (output (prod(shape), 1)), so it must not
+    # wrap around to 0 the way a modulo would.
     x = inputs[0]
-    return im.emit("flatten", [x], {"axis": int(attrs.get("axis", 1)) % max(len(_shape(x)), 1)})
+    rank = len(_shape(x))
+    axis = int(attrs.get("axis", 1))
+    if not -rank <= axis <= rank:
+        raise Unsupported(f"Flatten axis {axis} is out of range [{-rank}, {rank}] for "
+                          f"{node.input[0]} of shape {tuple(_shape(x))}")
+    return im.emit("flatten", [x], {"axis": axis + rank if axis < 0 else axis})
 
 
 @_h("Transpose")
@@ -770,6 +777,15 @@ _HANDLERS["ReduceMax"] = _reduce("reduce_max")
 def _gather(im, node, inputs, attrs):
     data, idx = inputs
     axis = int(attrs.get("axis", 0)) % len(_shape(data))
+    size = _shape(data)[axis]
+    if isinstance(idx, Const) and idx.array.size and size is not None:
+        # Type inference cannot see index values; an out-of-range constant index would only
+        # surface as a shape mismatch far downstream (or a wrong slice), so name it here.
+        lo, hi = int(idx.array.min()), int(idx.array.max())
+        if lo < -size or hi >= size:
+            raise FrontendError(f"{im.b.source}: node {node.name or node.output[0]}: Gather "
+                                f"indices span [{lo}, {hi}], out of range [{-size}, {size}) "
+                                f"for axis {axis} of {node.input[0]} {tuple(_shape(data))}")
     if isinstance(idx, Const) and idx.array.ndim == 0:  # x[:, k]: a slice, then drop the axis
         k = int(idx.array)
         end = k + 1 if k != -1 else 2 ** 63 - 1
