@@ -142,10 +142,8 @@ def check_legacy_export(model, inputs: tuple, path: Path, tol: float = 1e-4):
     return g
 
 
-@pytest.mark.parametrize("name", [
-    "digits_cnn", "mobilenetv2_stack", "transformer_encoder_block",
-    pytest.param("mnist_cnn", marks=pytest.mark.slow),
-    pytest.param("mtcnn_rnet", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", ["digits_cnn", "mnist_cnn", "mtcnn_rnet", "mobilenetv2_stack",
+                                  "transformer_encoder_block"])
 def test_legacy_export_of_zoo_models(name, tmp_path):
     model = getattr(zoo, name)().eval()
     check_legacy_export(model, image_input(name), tmp_path / f"{name}.onnx")
