@@ -14,7 +14,7 @@ and weight re-layouts a model carries around leave no trace in the imported grap
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -196,3 +196,18 @@ def transposed(c: Const) -> Const:
     if quant is not None and quant.axis is not None:
         quant = _with_axis(quant, 1 - quant.axis % 2)
     return Const(c.name, np.ascontiguousarray(c.array.T), quant)
+
+
+def handler_table() -> tuple[dict, Callable]:
+    """A front end's op-handler table and the decorator that fills it:
+    `@register("Relu", "LeakyRelu") def _(importer, node, *inputs): ...`."""
+    table: dict[str, Callable] = {}
+
+    def register(*names: str):
+        def deco(fn):
+            for n in names:
+                table[n] = fn
+            return fn
+        return deco
+
+    return table, register

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import FrontendError
 from ..ir.graph import Graph, Value
 from ..ir.types import QuantParams, TensorType
-from ._build import MISSING, Const, GraphBuilder, Unsupported, transposed
+from ._build import MISSING, Const, GraphBuilder, Unsupported, handler_table, transposed
 
 MIN_OPSET = 13
 _FLOAT_MAX = float(np.finfo(np.float32).max)
@@ -314,15 +314,7 @@ _LAYOUT_ONNX = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cas
 
 
 # ---- handlers: (importer, node, inputs, attrs) -> operand | list --------------------------------
-_HANDLERS: dict[str, Callable] = {}
-
-
-def _h(*names: str):
-    def deco(fn):
-        for n in names:
-            _HANDLERS[n] = fn
-        return fn
-    return deco
+_HANDLERS, _h = handler_table()
 
 
 def _shape(x) -> tuple:

@@ -21,7 +21,8 @@ import numpy as np
 from ..errors import FrontendError
 from ..ir.graph import Graph, Value
 from ..ir.types import TensorType
-from ._build import MISSING, Const, GraphBuilder, Unsupported, float_type_of, transposed
+from ._build import (MISSING, Const, GraphBuilder, Unsupported, float_type_of, handler_table,
+                     transposed)
 
 _FLOAT_MAX = float(np.finfo(np.float32).max)
 _INT64_MAX = 2 ** 63 - 1
@@ -331,15 +332,7 @@ def _to_numpy(t) -> np.ndarray:
 
 
 # ---- op handlers: (importer, fx node, *args) -> Value | Const | list ------------------------------
-_HANDLERS: dict[str, Callable] = {}
-
-
-def _h(*names: str):
-    def deco(fn):
-        for n in names:
-            _HANDLERS[n] = fn
-        return fn
-    return deco
+_HANDLERS, _h = handler_table()
 
 
 def _out_shape(node) -> tuple:

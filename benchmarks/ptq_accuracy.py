@@ -1,0 +1,557 @@
+"""Post-training quantization accuracy on real models: qcompile's passes against onnxruntime.
+
+    python benchmarks/ptq_accuracy.py [--models digits,mnist,rnet,minilm] [--quick]
+
+Four models with real weights and real data (see examples/zoo.py):
+
+  digits   the digits CNN; calibration examples/models/digits_calib.npz (256 training images),
+           scored on digits_test.npz (450 held-out images): top-1 accuracy.
+  mnist    the MNIST CNN; calibration examples/models/mnist_calib.npz (256 training images),
+           scored on the 1000-image hold-out of zoo.mnist_data(): top-1 accuracy.
+  rnet     MTCNN RNet as a face / non-face classifier (prob[:, 1] > 0.5) on the 200 LFW crops of
+           zoo.lfw_face_data(); calibrated on 64 grey crops of scikit-image's natural photographs
+           (fixed seed), so calibration and scoring never share an image.
+  minilm   all-MiniLM-L6-v2 sentence embeddings at a fixed 32 tokens (longer sentences are
+           truncated, shorter ones padded; float and int8 see the same tokens): mean cosine of the
+           int8-simulated against the float embedding over 256 real sentences, calibrated on 64
+           other sentences.
+
+Three tables:
+
+  (a) W8A8, per-channel weights: `fold-bn,calibrate{method=M},quantize` for each calibration
+      method M, against float, with the bar each model must meet.
+  (b) W8A8, per-tensor weights (the data-free quantization setting): no equalization, cross-layer
+      equalization (CLE), CLE + high-bias absorption, and then empirical or analytic bias
+      correction. Any equalized variant scoring below "none" is flagged.
+  (c) onnxruntime `quantize_static` (QDQ, per-channel QInt8 weights, QUInt8 or QInt8
+      activations, MinMax or Entropy calibration on the same calibration samples) run with all
+      graph optimizations off and on, next to ours with the same calibration method.
+
+Ours is simulated with the fake-quant interpreter (`qcompile.run(graph, x, mode="fakequant")`).
+The float reference is PyTorch on the same inputs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import logging
+import math
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+
+import torch  # noqa: E402
+
+import zoo  # noqa: E402
+from qcompile.frontend import from_torch  # noqa: E402
+from qcompile.interp.interpreter import Interpreter  # noqa: E402
+from qcompile.ir.graph import Graph  # noqa: E402
+from qcompile.passmanager import PassContext, run_pipeline  # noqa: E402
+
+MODELS = ("digits", "mnist", "rnet", "minilm")
+#: Calibration methods of table (a); the first is the default pipeline.
+METHODS = ("minmax", "entropy", "mse", "percentile")
+#: onnxruntime's calibration methods of table (c).
+ORT_METHODS = ("MinMax", "Entropy")
+MINILM_TOKENS = 32
+MINILM_BATCH = 32  # MiniLM imports with a static shape (MINILM_BATCH, MINILM_TOKENS)
+
+# The DFQ variants of table (b): label -> passes (per-tensor weights throughout).
+PER_TENSOR = "quantize{per_channel=false}"
+DFQ_VARIANTS: dict[str, tuple[str, ...]] = {
+    "none": ("fold-bn", "calibrate", PER_TENSOR),
+    "CLE": ("fold-bn", "equalize", "calibrate", PER_TENSOR),
+    "CLE+abs": ("fold-bn", "equalize", "absorb-bias", "calibrate", PER_TENSOR),
+    "CLE+abs+BC emp": ("fold-bn", "equalize", "absorb-bias", "calibrate", PER_TENSOR,
+                       "bias-correct"),
+    "CLE+abs+BC ana": ("fold-bn", "equalize", "absorb-bias", "calibrate", PER_TENSOR,
+                       "bias-correct{method=analytic}"),
+}
+EQUALIZED = ("CLE", "CLE+abs", "CLE+abs+BC emp", "CLE+abs+BC ana")
+
+
+def per_channel_passes(method: str) -> tuple[str, ...]:
+    calibrate = "calibrate" if method == "minmax" else f"calibrate{{method={method}}}"
+    return ("fold-bn", calibrate, "quantize")
+
+
+# ---------------------------------------------------------------------------------------------
+# The models, their data and their metrics
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Bench:
+    """One model with its calibration and evaluation data, its metric and its bar."""
+
+    name: str
+    metric: str                          # "accuracy" or "mean cosine"
+    model: torch.nn.Module
+    example: tuple                       # torch inputs for tracing (their shape is imported)
+    dynamic_batch: bool                  # import/export with a dynamic batch dimension
+    calib: dict[str, np.ndarray]         # input name -> calibration samples
+    inputs: dict[str, np.ndarray]        # input name -> evaluation samples
+    score: Callable[[np.ndarray], float]  # first model output on `inputs` -> metric
+    bar_text: str
+    bar: Callable[[float, float], bool]  # (ours, float) -> bar met
+    float_score: float = math.nan
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def batch(self) -> Optional[int]:
+        """The fixed batch size of a statically shaped model (None: any)."""
+        return None if self.dynamic_batch else int(self.example[0].shape[0])
+
+    def batches(self, data: dict[str, np.ndarray], size: int = 256):
+        size = self.batch or size
+        rows = len(next(iter(data.values())))
+        if self.batch and rows % self.batch:
+            raise ValueError(f"{self.name}: {rows} samples is not a multiple of the static "
+                             f"batch {self.batch}")
+        for start in range(0, rows, size):
+            yield {k: v[start:start + size] for k, v in data.items()}
+
+
+def _accuracy(labels: np.ndarray) -> Callable[[np.ndarray], float]:
+    return lambda out: float(np.mean(np.argmax(out, axis=1) == labels))
+
+
+def _torch_outputs(bench: Bench) -> np.ndarray:
+    outs = []
+    with torch.no_grad():
+        for batch in bench.batches(bench.inputs):
+            out = bench.model(*(torch.from_numpy(batch[k]) for k in batch))
+            outs.append((out[0] if isinstance(out, (tuple, list)) else out).numpy())
+    return np.concatenate(outs)
+
+
+def _finish(bench: Bench) -> Bench:
+    bench.float_score = bench.score(_torch_outputs(bench))
+    return bench
+
+
+def digits_bench(quick: bool = False) -> Bench:
+    models = REPO / "examples" / "models"
+    test = np.load(models / "digits_test.npz")
+    return _finish(Bench(
+        "digits", "accuracy", zoo.digits_cnn(), (torch.zeros(2, 1, 8, 8),), True,
+        {"x": np.load(models / "digits_calib.npz")["x"]}, {"x": test["x"]},
+        _accuracy(test["y"]), ">= 99.1 %", lambda ours, ref: ours >= 0.991))
+
+
+def mnist_bench(quick: bool = False) -> Bench:
+    _, x_ho, _, y_ho = zoo.mnist_data()
+    return _finish(Bench(
+        "mnist", "accuracy", zoo.mnist_cnn(), (torch.zeros(2, 1, 28, 28),), True,
+        {"x": np.load(REPO / "examples" / "models" / "mnist_calib.npz")["x"]}, {"x": x_ho},
+        _accuracy(y_ho), "float - 0.3 %", lambda ours, ref: ours >= ref - 0.003 - 1e-9))
+
+
+#: scikit-image's bundled photographs (no download needed); RNet calibrates on crops of these.
+NATURAL_IMAGES = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "clock",
+                  "brick", "grass")
+
+
+def natural_crops(n: int = 64, size: int = 24, seed: int = 0) -> np.ndarray:
+    """`n` grey square crops of natural photographs, 24 to 96 pixels wide, area-resized to
+    `size` and normalised like `zoo.lfw_face_data` (grey -> 3 channels, (p - 127.5) / 128)."""
+    import skimage.color
+    import skimage.data
+    import torch.nn.functional as F
+    rng = np.random.default_rng(seed)
+    greys = []
+    for name in NATURAL_IMAGES:
+        img = getattr(skimage.data, name)()
+        grey = skimage.color.rgb2gray(img) if img.ndim == 3 else img / 255.0
+        greys.append(np.asarray(grey, np.float32))
+    crops = []
+    for i in range(n):
+        grey = greys[i % len(greys)]
+        side = int(rng.integers(24, min(97, min(grey.shape) + 1)))
+        top = int(rng.integers(0, grey.shape[0] - side + 1))
+        left = int(rng.integers(0, grey.shape[1] - side + 1))
+        crop = torch.from_numpy(np.ascontiguousarray(grey[top:top + side, left:left + side]))
+        crops.append(F.interpolate(crop[None, None], size=(size, size), mode="area")[0, 0])
+    x = torch.stack(crops)[:, None].expand(-1, 3, -1, -1) * 255.0
+    return np.ascontiguousarray(((x - 127.5) / 128.0).numpy(), dtype=np.float32)
+
+
+def rnet_bench(quick: bool = False) -> Bench:
+    x, y = zoo.lfw_face_data()
+    return _finish(Bench(
+        "rnet", "accuracy", zoo.mtcnn_rnet(), (torch.zeros(2, 3, 24, 24),), True,
+        {"x": natural_crops()}, {"x": x},
+        lambda out: float(np.mean((out[:, 1] > 0.5) == y)), ">= 99 %",
+        lambda ours, ref: ours >= 0.99,
+        notes=["calibrated on 64 natural-image crops, scored on the 200 LFW crops"]))
+
+
+def minilm_bench(quick: bool = False) -> Bench:
+    model, tokenizer = zoo.minilm()
+    n_eval, n_calib = (64, 32) if quick else (256, 64)
+    sentences = zoo.english_sentences(n_eval + n_calib)
+    tok = tokenizer(sentences, padding="max_length", truncation=True, max_length=MINILM_TOKENS,
+                    return_tensors="np")
+    ids, mask = tok["input_ids"].astype(np.int64), tok["attention_mask"].astype(np.int64)
+    truncated = sum(len(t) > MINILM_TOKENS for t in tokenizer(sentences)["input_ids"])
+    example = (torch.from_numpy(ids[:MINILM_BATCH]), torch.from_numpy(mask[:MINILM_BATCH]))
+    bench = Bench(
+        "minilm", "mean cosine", model, example, False,
+        {"input_ids": ids[n_eval:], "attention_mask": mask[n_eval:]},
+        {"input_ids": ids[:n_eval], "attention_mask": mask[:n_eval]},
+        lambda out: math.nan, ">= 0.99", lambda ours, ref: ours >= 0.99,
+        notes=[f"{n_eval} sentences scored, {n_calib} others calibrate; {MINILM_TOKENS} tokens "
+               f"({truncated} of {n_eval + n_calib} sentences truncated)"])
+    reference = _torch_outputs(bench)
+    bench.score = lambda out: mean_cosine(out, reference)
+    return _finish(bench)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    cos = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(np.mean(cos))
+
+
+BENCHES: dict[str, Callable[[bool], Bench]] = {
+    "digits": digits_bench, "mnist": mnist_bench, "rnet": rnet_bench, "minilm": minilm_bench}
+
+
+# ---------------------------------------------------------------------------------------------
+# Ours: pipelines with shared prefixes, simulated with the fake-quant interpreter
+# ---------------------------------------------------------------------------------------------
+
+def import_graph(bench: Bench) -> Graph:
+    with _quiet():
+        return from_torch(bench.model, bench.example, dynamic_batch=bench.dynamic_batch)
+
+
+class Quantizer:
+    """Runs pipelines given as tuples of pass specs on copies of one imported graph. A graph is
+    kept after every prefix, so variants that share a prefix (the same calibration, say) compute
+    it once; simulated scores are cached by the graph's content, so a pass that changes nothing
+    (equalize on a model without chains) costs no second evaluation."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.graphs: dict[tuple[str, ...], Graph] = {(): import_graph(bench)}
+        self.scores: dict[str, float] = {}
+
+    def graph(self, passes: Sequence[str]) -> Graph:
+        passes = tuple(passes)
+        done = max((k for k in self.graphs if passes[:len(k)] == k), key=len)
+        g = self.graphs[done]
+        for i in range(len(done), len(passes)):
+            g = g.copy()
+            with _quiet():
+                run_pipeline(g, passes[i], PassContext(calibration_data=self.bench.calib))
+            self.graphs[passes[:i + 1]] = g
+        return g
+
+    def score(self, passes: Sequence[str]) -> float:
+        g = self.graph(passes)
+        key = fingerprint(g)
+        if key not in self.scores:
+            self.scores[key] = self.bench.score(simulate(g, self.bench, "fakequant"))
+        return self.scores[key]
+
+
+def fingerprint(g: Graph) -> str:
+    """A hash of everything the fake-quant simulation depends on: nodes, constants, params."""
+    h = hashlib.sha1()
+    for n in g.nodes:
+        h.update(repr((n.op, [v and v.name for v in n.inputs], [o.name for o in n.outputs],
+                       sorted((k, repr(v)) for k, v in n.attrs.items()))).encode())
+    for name in sorted(g.constants):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(g.constants[name].data).tobytes())
+    for name in sorted(g.values):
+        if g.values[name].quant is not None:
+            h.update(repr((name, g.values[name].quant)).encode())
+    return h.hexdigest()
+
+
+def simulate(g: Graph, bench: Bench, mode: str) -> np.ndarray:
+    """The graph's first output on the evaluation inputs."""
+    interp = Interpreter(g, mode)
+    return np.concatenate([interp.run(batch)[0] for batch in bench.batches(bench.inputs)])
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxruntime
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OrtResult:
+    activations: str   # "QUInt8" / "QInt8"
+    method: str        # "MinMax" / "Entropy"
+    disable_all: float
+    enable_all: float
+
+
+def export_onnx(bench: Bench, folder: Path) -> Path:
+    """torch -> ONNX (dynamo exporter, its optimizer off), then onnxruntime's basic graph
+    optimizations (constant folding, Conv+BatchNorm fusion) saved to a file: the pre-processing
+    onnxruntime recommends before quantize_static, and the counterpart of our fold-bn."""
+    import onnx
+    import onnxruntime as ort
+    names = list(bench.inputs)
+    dynamic = ({0: torch.export.Dim("batch")},) * len(names) if bench.dynamic_batch else None
+    raw = folder / f"{bench.name}.raw.onnx"
+    with _quiet():
+        torch.onnx.export(bench.model, bench.example, str(raw), dynamo=True, optimize=False,
+                          input_names=names, dynamic_shapes=dynamic, verbose=False)
+    single = folder / f"{bench.name}.onnx"
+    onnx.save(onnx.load(str(raw)), str(single))  # weights inline: the optimizer rewrites the file
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    pre = folder / f"{bench.name}.pre.onnx"
+    options.optimized_model_filepath = str(pre)
+    ort.InferenceSession(str(single), options, providers=["CPUExecutionProvider"])
+    return pre
+
+
+def ort_quantize(bench: Bench, model: Path, out: Path, activations: str, method: str) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(bench.batches(bench.calib, 64))
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with _quiet():
+        quantize_static(str(model), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=getattr(QuantType, activations),
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=getattr(CalibrationMethod, method))
+
+
+def ort_score(bench: Bench, model: Path, optimize: bool) -> float:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    outs = [session.run(None, batch)[0] for batch in bench.batches(bench.inputs)]
+    return bench.score(np.concatenate(outs))
+
+
+def run_ort(bench: Bench, methods: Sequence[str], folder: Path) -> list[OrtResult]:
+    pre = export_onnx(bench, folder)
+    results = []
+    for activations in ("QUInt8", "QInt8"):
+        for method in methods:
+            q = folder / f"{bench.name}.{activations}.{method}.onnx"
+            ort_quantize(bench, pre, q, activations, method)
+            results.append(OrtResult(activations, method, ort_score(bench, q, False),
+                                     ort_score(bench, q, True)))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Running everything for one model
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class ModelReport:
+    bench: Bench
+    per_channel: dict[str, float]    # calibration method -> score, table (a)
+    dfq: dict[str, float]            # DFQ variant -> score, table (b)
+    ort: list[OrtResult]             # table (c)
+    seconds: float
+
+    def bar_met(self, method: str = "minmax") -> bool:
+        return self.bench.bar(self.per_channel[method], self.bench.float_score)
+
+    def equalization_hurts(self) -> list[str]:
+        """The equalized DFQ variants that score below no equalization."""
+        return [k for k in EQUALIZED if self.dfq[k] < self.dfq["none"]]
+
+    @property
+    def ours(self) -> float:
+        """Our default pipeline, `fold-bn,calibrate,quantize`: what table (c) compares."""
+        return self.per_channel["minmax"]
+
+
+def evaluate(name: str, quick: bool = False, methods: Optional[Sequence[str]] = None,
+             dfq: bool = True, ort_methods: Optional[Sequence[str]] = None) -> ModelReport:
+    """Tables (a)-(c) for one model. `methods` defaults to all calibration methods (only minmax
+    with `quick`; minmax is always included), `ort_methods` to MinMax and Entropy (MinMax with
+    `quick`; () skips onnxruntime)."""
+    start = time.perf_counter()
+    bench = BENCHES[name](quick)
+    methods = tuple(methods or (METHODS[:1] if quick else METHODS))
+    if "minmax" not in methods:
+        methods = ("minmax",) + methods  # the default pipeline is always measured
+    if ort_methods is None:
+        ort_methods = ORT_METHODS[:1] if quick else ORT_METHODS
+    quantizer = Quantizer(bench)
+    per_channel = {m: quantizer.score(per_channel_passes(m)) for m in methods}
+    variants = {k: quantizer.score(p) for k, p in DFQ_VARIANTS.items()} if dfq else {}
+    ort = []
+    if ort_methods:
+        with tempfile.TemporaryDirectory() as folder:
+            ort = run_ort(bench, ort_methods, Path(folder))
+    return ModelReport(bench, per_channel, variants, ort, time.perf_counter() - start)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence exporter/quantizer chatter (prints, warnings, root-logger advice)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    for name in ("torch", "onnxscript", "torch.onnx", "torch.export"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+def fmt(bench: Bench, value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{100 * value:.2f} %" if bench.metric == "accuracy" else f"{value:.4f}"
+
+
+def fmt_delta(bench: Bench, value: float) -> str:
+    if bench.metric == "accuracy":
+        text = f"{100 * value:+.2f}"
+    else:
+        text = f"{value:+.4f}"
+    return f"[red]{text}[/red]" if value < 0 else text
+
+
+def table_a(reports: list[ModelReport]):
+    from rich.table import Table
+    t = Table(title="(a) W8A8, per-channel weights: fold-bn,calibrate{method=M},quantize")
+    for col in ("model", "metric", "float", "method", "ours", "ours - float", "bar", "met"):
+        t.add_column(col, justify="left" if col in ("model", "metric", "method", "bar")
+                     else "right")
+    for r in reports:
+        b = r.bench
+        for i, (method, value) in enumerate(r.per_channel.items()):
+            ok = b.bar(value, b.float_score)
+            t.add_row(b.name if i == 0 else "", b.metric if i == 0 else "",
+                      fmt(b, b.float_score) if i == 0 else "", method, fmt(b, value),
+                      fmt_delta(b, value - b.float_score), b.bar_text if i == 0 else "",
+                      "yes" if ok else "[red]NO[/red]")
+    return t
+
+
+def table_b(reports: list[ModelReport]):
+    from rich.table import Table
+    t = Table(title="(b) W8A8, per-tensor weights: data-free quantization "
+                    "(CLE = equalize, abs = absorb-bias, BC = bias-correct)")
+    for col in ("model", "float", *DFQ_VARIANTS, "equalization"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for r in reports:
+        if not r.dfq:
+            continue
+        b = r.bench
+        hurts = r.equalization_hurts()
+        cells = [fmt(b, r.dfq[k]) if k not in hurts else f"[red]{fmt(b, r.dfq[k])}[/red]"
+                 for k in DFQ_VARIANTS]
+        flag = "never hurts" if not hurts else f"[bold red]HURTS: {', '.join(hurts)}[/bold red]"
+        t.add_row(b.name, fmt(b, b.float_score), *cells, flag)
+    return t
+
+
+def table_c(reports: list[ModelReport]):
+    from rich.table import Table
+    t = Table(title="(c) onnxruntime quantize_static (QDQ, per-channel QInt8 weights; graph "
+                    "optimizations off / all) vs ours (fold-bn,calibrate,quantize)")
+    for col in ("model", "ORT activations", "ORT calibration", "ORT off", "ORT all", "ours",
+                "ours - off", "ours - all"):
+        t.add_column(col, justify="left" if col in ("model", "ORT activations",
+                                                     "ORT calibration") else "right")
+    for r in reports:
+        b = r.bench
+        for i, o in enumerate(r.ort):
+            t.add_row(b.name if i == 0 else "", o.activations, o.method, fmt(b, o.disable_all),
+                      fmt(b, o.enable_all), fmt(b, r.ours), fmt_delta(b, r.ours - o.disable_all),
+                      fmt_delta(b, r.ours - o.enable_all))
+    return t
+
+
+def command_line(argv: Sequence[str]) -> str:
+    return " ".join(["python", "benchmarks/ptq_accuracy.py", *argv])
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"comma-separated subset of {','.join(MODELS)} (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="minmax calibration and ORT MinMax only; MiniLM on 64 sentences "
+                             "(its bar needs the full run)")
+    args = parser.parse_args(argv)
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; expected some of {', '.join(MODELS)}")
+
+    from rich.console import Console
+    console = Console()
+    if not console.is_terminal:  # logs and pipes: wide enough that the tables do not wrap
+        console = Console(width=150)
+    console.print(f"reproduce: [bold]{command_line(sys.argv[1:] if argv is None else argv)}"
+                  f"[/bold]")
+    console.print(f"torch threads {torch.get_num_threads()}; onnxruntime intra-op threads 2")
+    torch.manual_seed(0)
+    reports = []
+    for name in names:
+        with console.status(f"{name} ..."):
+            report = evaluate(name, quick=args.quick)
+        reports.append(report)
+        notes = "; ".join(report.bench.notes)
+        console.print(f"{name}: {report.seconds:.1f} s" + (f" ({notes})" if notes else ""))
+    console.print(table_a(reports))
+    console.print(table_b(reports))
+    console.print(table_c(reports))
+
+    failures = []
+    for r in reports:
+        if not any(r.bar_met(m) for m in r.per_channel):
+            failures.append(f"{r.bench.name}: no calibration method meets the bar "
+                            f"{r.bench.bar_text}")
+        if r.equalization_hurts():
+            failures.append(f"{r.bench.name}: equalization hurts ({', '.join(r.equalization_hurts())})")
+        for o in r.ort:
+            best = max(o.disable_all, o.enable_all)
+            if r.ours < best:
+                failures.append(f"{r.bench.name}: onnxruntime {o.activations}/{o.method} beats "
+                                f"ours ({fmt(r.bench, best)} vs {fmt(r.bench, r.ours)})")
+    if args.quick and "minilm" in names:
+        console.print("note: --quick scores MiniLM on 64 sentences; the bar is for the full run")
+    for f in failures:
+        console.print(f"[bold red]FAIL[/bold red] {f}")
+    if not failures:
+        console.print("[bold green]all bars met[/bold green]")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
