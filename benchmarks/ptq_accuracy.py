@@ -105,6 +105,7 @@ class Bench:
     bar_text: str
     bar: Callable[[float, float], bool]  # (ours, float) -> bar met
     float_score: float = math.nan
+    reference: Optional[np.ndarray] = None  # float (PyTorch) first output on `inputs`
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -136,7 +137,9 @@ def _torch_outputs(bench: Bench) -> np.ndarray:
 
 
 def _finish(bench: Bench) -> Bench:
-    bench.float_score = bench.score(_torch_outputs(bench))
+    if bench.reference is None:
+        bench.reference = _torch_outputs(bench)
+    bench.float_score = bench.score(bench.reference)
     return bench
 
 
@@ -212,9 +215,16 @@ def minilm_bench(quick: bool = False) -> Bench:
         lambda out: math.nan, ">= 0.99", lambda ours, ref: ours >= 0.99,
         notes=[f"{n_eval} sentences scored, {n_calib} others calibrate; {MINILM_TOKENS} tokens "
                f"({truncated} of {n_eval + n_calib} sentences truncated)"])
-    reference = _torch_outputs(bench)
-    bench.score = lambda out: mean_cosine(out, reference)
+    bench.reference = _torch_outputs(bench)
+    bench.score = lambda out: mean_cosine(out, bench.reference)
     return _finish(bench)
+
+
+def sqnr_db(out: np.ndarray, reference: np.ndarray) -> float:
+    """10 log10(signal / error power) of `out` against `reference`, inf when exact."""
+    ref = np.asarray(reference, np.float64)
+    noise = float(np.sum((np.asarray(out, np.float64) - ref) ** 2))
+    return math.inf if noise == 0 else 10 * math.log10(float(np.sum(ref ** 2)) / noise)
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -239,13 +249,14 @@ def import_graph(bench: Bench) -> Graph:
 class Quantizer:
     """Runs pipelines given as tuples of pass specs on copies of one imported graph. A graph is
     kept after every prefix, so variants that share a prefix (the same calibration, say) compute
-    it once; simulated scores are cached by the graph's content, so a pass that changes nothing
-    (equalize on a model without chains) costs no second evaluation."""
+    it once; simulated results (the metric and the output SQNR against float) are cached by the
+    graph's content, so a pass that changes nothing (equalize on a model without chains) costs
+    no second evaluation."""
 
     def __init__(self, bench: Bench):
         self.bench = bench
         self.graphs: dict[tuple[str, ...], Graph] = {(): import_graph(bench)}
-        self.scores: dict[str, float] = {}
+        self.results: dict[str, tuple[float, float]] = {}
 
     def graph(self, passes: Sequence[str]) -> Graph:
         passes = tuple(passes)
@@ -258,12 +269,17 @@ class Quantizer:
             self.graphs[passes[:i + 1]] = g
         return g
 
-    def score(self, passes: Sequence[str]) -> float:
+    def result(self, passes: Sequence[str]) -> tuple[float, float]:
+        """(metric, output SQNR in dB) of the fake-quant simulation after `passes`."""
         g = self.graph(passes)
         key = fingerprint(g)
-        if key not in self.scores:
-            self.scores[key] = self.bench.score(simulate(g, self.bench, "fakequant"))
-        return self.scores[key]
+        if key not in self.results:
+            out = simulate(g, self.bench, "fakequant")
+            self.results[key] = (self.bench.score(out), sqnr_db(out, self.bench.reference))
+        return self.results[key]
+
+    def score(self, passes: Sequence[str]) -> float:
+        return self.result(passes)[0]
 
 
 def fingerprint(g: Graph) -> str:
@@ -371,6 +387,7 @@ class ModelReport:
     bench: Bench
     per_channel: dict[str, float]    # calibration method -> score, table (a)
     dfq: dict[str, float]            # DFQ variant -> score, table (b)
+    dfq_sqnr: dict[str, float]       # DFQ variant -> output SQNR (dB) against float
     ort: list[OrtResult]             # table (c)
     seconds: float
 
@@ -380,6 +397,11 @@ class ModelReport:
     def equalization_hurts(self) -> list[str]:
         """The equalized DFQ variants that score below no equalization."""
         return [k for k in EQUALIZED if self.dfq[k] < self.dfq["none"]]
+
+    def sqnr_drops(self, tolerance_db: float = 0.5) -> list[str]:
+        """The equalized DFQ variants whose output SQNR is below no equalization's (a finer
+        signal than the metric; a warning, not a failure)."""
+        return [k for k in EQUALIZED if self.dfq_sqnr[k] < self.dfq_sqnr["none"] - tolerance_db]
 
     @property
     def ours(self) -> float:
@@ -401,12 +423,13 @@ def evaluate(name: str, quick: bool = False, methods: Optional[Sequence[str]] = 
         ort_methods = ORT_METHODS[:1] if quick else ORT_METHODS
     quantizer = Quantizer(bench)
     per_channel = {m: quantizer.score(per_channel_passes(m)) for m in methods}
-    variants = {k: quantizer.score(p) for k, p in DFQ_VARIANTS.items()} if dfq else {}
+    results = {k: quantizer.result(p) for k, p in DFQ_VARIANTS.items()} if dfq else {}
     ort = []
     if ort_methods:
         with tempfile.TemporaryDirectory() as folder:
             ort = run_ort(bench, ort_methods, Path(folder))
-    return ModelReport(bench, per_channel, variants, ort, time.perf_counter() - start)
+    return ModelReport(bench, per_channel, {k: v[0] for k, v in results.items()},
+                       {k: v[1] for k, v in results.items()}, ort, time.perf_counter() - start)
 
 
 @contextlib.contextmanager
@@ -464,17 +487,21 @@ def table_b(reports: list[ModelReport]):
     from rich.table import Table
     t = Table(title="(b) W8A8, per-tensor weights: data-free quantization "
                     "(CLE = equalize, abs = absorb-bias, BC = bias-correct)")
-    for col in ("model", "float", *DFQ_VARIANTS, "equalization"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+    for col in ("model", "", "float", *DFQ_VARIANTS, "equalization"):
+        t.add_column(col, justify="left" if col in ("model", "") else "right")
     for r in reports:
         if not r.dfq:
             continue
         b = r.bench
-        hurts = r.equalization_hurts()
+        hurts, drops = r.equalization_hurts(), r.sqnr_drops()
         cells = [fmt(b, r.dfq[k]) if k not in hurts else f"[red]{fmt(b, r.dfq[k])}[/red]"
                  for k in DFQ_VARIANTS]
         flag = "never hurts" if not hurts else f"[bold red]HURTS: {', '.join(hurts)}[/bold red]"
-        t.add_row(b.name, fmt(b, b.float_score), *cells, flag)
+        t.add_row(b.name, b.metric, fmt(b, b.float_score), *cells, flag)
+        sqnrs = [f"{r.dfq_sqnr[k]:.1f}" if k not in drops else f"[yellow]{r.dfq_sqnr[k]:.1f}[/yellow]"
+                 for k in DFQ_VARIANTS]
+        note = "" if not drops else f"[yellow]lower SQNR: {', '.join(drops)}[/yellow]"
+        t.add_row("", "output SQNR dB", "", *sqnrs, note, end_section=True)
     return t
 
 

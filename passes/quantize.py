@@ -41,8 +41,9 @@ from qcompile.passmanager import Pass, PassContext, register_pass
 from qcompile.quant.calibration import nonnegative_values
 from qcompile.quant.intmath import QuantError
 from qcompile.quant.observers import choose_qparams
-from qcompile.quant.scheme import (FUSABLE_ACTIVATIONS, FUSING_PRODUCERS, PASS_THROUGH_OPS,
-                                   QuantScheme, check_bits)
+from qcompile.quant.scheme import (FIXED_GRID_OPS, FUSABLE_ACTIVATIONS, FUSING_PRODUCERS,
+                                   PASS_THROUGH_OPS, TRANSFORMER_QUANTIZE_OPS, QuantScheme,
+                                   check_bits)
 
 #: Inputs that are parameters of a float computation inside a quantized op, not data to quantize.
 _FLOAT_PARAM_SLOTS = {"batch_norm": (1, 2, 3, 4)}
@@ -62,6 +63,7 @@ class Quantize(Pass):
     pow2: Optional[bool] = None         # power-of-two scales (default false)
     unsigned: Optional[bool] = None     # unsigned storage for non-negative values (default true)
     keep_float: tuple[str, ...] = ()    # node names or op names to leave float
+    transformer: bool = False           # also softmax, layer_norm, gelu, gather, reduce_sum, div
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,9 +83,10 @@ class Quantize(Pass):
             base = QuantScheme()
         elif not isinstance(base, QuantScheme):
             raise PassError(f"target's quant_scheme is a {type(base).__name__}, not a QuantScheme")
+        extra = base.quantize_ops | TRANSFORMER_QUANTIZE_OPS if self.transformer else None
         return base.replace(weight_bits=self.w, act_bits=self.a, per_channel=self.per_channel,
                             act_symmetric=self.symmetric, pow2=self.pow2,
-                            unsigned_activations=self.unsigned)
+                            unsigned_activations=self.unsigned, quantize_ops=extra)
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         scheme = self.scheme(ctx)
@@ -178,6 +181,8 @@ class _Planner:
             x = node.inputs[0] if node.inputs else None
             if node.op in PASS_THROUGH_OPS and x is not None and is_float(x.dtype):
                 self._union(node.outputs[0], x)
+            elif node.op == "gather" and x is not None and is_float(x.dtype):
+                self._union(node.outputs[0], x)  # rows of the table, unchanged
             elif node.op == "concat":
                 for v in node.inputs:
                     if v is not None and is_float(v.dtype):
@@ -199,7 +204,7 @@ class _Planner:
                                f"'calibrate'? Run it again", members[0].producer)
                 continue
             nonneg = all(self._nonneg(v) for v in members)
-            q = self._activation_params(lo, hi, nonneg)
+            q = self._fixed_grid(members) or self._activation_params(lo, hi, nonneg)
             for v in members:
                 self.assigned[id(v)] = q
 
@@ -218,6 +223,16 @@ class _Planner:
         if not los:
             return None, None
         return float(min(los)), float(max(his))
+
+    def _fixed_grid(self, members: list[Value]) -> Optional[QuantParams]:
+        """Softmax outputs (FIXED_GRID_OPS) get scale 2**-bits over [0, 1), as TFLite."""
+        if not any(v.producer is not None and v.producer.op in FIXED_GRID_OPS
+                   and self.quantized(v.producer) for v in members):
+            return None
+        s = self.scheme
+        signed = not s.unsigned_activations
+        zp = -(1 << (s.act_bits - 1)) if signed else 0
+        return QuantParams(2.0 ** -s.act_bits, zp, bits=s.act_bits, signed=signed, pow2=s.pow2)
 
     def _nonneg(self, v: Value) -> bool:
         if v.data is not None:

@@ -16,6 +16,7 @@ Exit codes: 0 success, 2 a user error (any QCompileError, bad arguments), 1 an i
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
 import traceback
@@ -23,10 +24,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
 
 from . import __version__
-from .errors import QCompileError
+from .errors import PipelineError, QCompileError
 
 # Modules whose import registers more subcommands (kept lazy: `qcompile passes` stays fast).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["qcompile.cli_commands"]
 
 
 @dataclass(frozen=True)
@@ -103,23 +104,76 @@ def print_diagnostics(ctx) -> None:
     arg("--calibration", metavar="NPZ", help="calibration inputs for the calibrate pass (.npz)"),
     arg("--sqnr", metavar="NPZ", help="after the pipeline, print per-layer SQNR of the simulated "
         "quantized graph against float on these inputs (.npz; labels 'y' add accuracies)"),
+    arg("--target", "-t", metavar="NAME", help="run the passes for this named target (the "
+        "quantize pass takes its scheme from it); without --pipeline, its default pipeline"),
+    arg("--target-file", metavar="FILE", help="the same, for a target described in a TOML file"),
+    arg("--after", metavar="PASS", help="show the graph as it was after PASS (its last run)"),
+    arg("--diff", nargs=2, metavar=("PASS_A", "PASS_B"), help="print a unified diff of the IR "
+        "after PASS_A and after PASS_B ('input' is the graph before any pass)"),
+    arg("--format", choices=("text", "dot", "svg"), default="text",
+        help="text IR (default), a Graphviz dot graph, or a standalone SVG drawing"),
 ])
 def _inspect(args: argparse.Namespace) -> int:
     from .api import load
     from .passmanager import parse_pipeline, run_pipeline
-    pipeline = parse_pipeline(args.pipeline)  # a bad pipeline fails before a slow model load
+    target = None
+    if args.target or args.target_file:
+        from .targets import resolve_target
+        target = resolve_target(args.target, args.target_file)
+    # a bad pipeline fails before a slow model load
+    pipeline = target.pipeline(args.pipeline or None) if target is not None \
+        else parse_pipeline(args.pipeline)
+    wanted = [p for p in ([args.after] if args.after else []) + list(args.diff or ())
+              if p != "input"]
+    names = pipeline.pass_names()
+    for p in wanted:
+        if p not in names:
+            raise PipelineError(f"--after/--diff: pass '{p}' is not in the pipeline "
+                                f"'{pipeline}' (its passes: {', '.join(names) or 'none'})")
     shapes = dict(args.input_shape) if args.input_shape else None
     graph = load(args.file, input_shapes=shapes)
     original = graph.copy() if args.sqnr else None
-    ctx = make_context(args, calibration_data=args.calibration)
+    ctx = make_context(args, calibration_data=args.calibration, target=target)
+    snaps = _AfterSnapshots(set(wanted))
+    ctx.instruments.append(snaps)
     try:
         run_pipeline(graph, pipeline, ctx)
     finally:
         print_diagnostics(ctx)
-    sys.stdout.write(graph.dump(full=args.full))
+    if args.diff:
+        a, b = (snaps.graphs[p] for p in args.diff)
+        sys.stdout.writelines(difflib.unified_diff(
+            a.dump(full=args.full).splitlines(True), b.dump(full=args.full).splitlines(True),
+            fromfile=f"after {args.diff[0]}", tofile=f"after {args.diff[1]}"))
+        return 0
+    shown = snaps.graphs[args.after] if args.after else graph
+    if args.format == "text":
+        sys.stdout.write(shown.dump(full=args.full))
+    else:
+        from .report import graph_to_dot, graph_to_svg
+        sys.stdout.write(graph_to_dot(shown) if args.format == "dot" else graph_to_svg(shown))
     if args.sqnr:
-        _print_sqnr(original, graph, args.sqnr)
+        _print_sqnr(original, shown, args.sqnr)
     return 0
+
+
+class _AfterSnapshots:
+    """Copies of the graph before the pipeline ('input') and after the last run of each pass
+    in `names`, for `inspect --after/--diff`."""
+
+    def __init__(self, names: set):
+        self.names, self.graphs = names, {}
+
+    def enter_pipeline(self, graph, ctx, pipeline) -> None:
+        self.graphs["input"] = graph.copy()
+
+    def exit_pipeline(self, graph, ctx) -> None: ...
+
+    def run_before_pass(self, graph, ctx, run) -> None: ...
+
+    def run_after_pass(self, graph, ctx, run, changed) -> None:
+        if run.name in self.names:
+            self.graphs[run.name] = graph.copy()
 
 
 def _print_sqnr(original, graph, path: str) -> None:
@@ -168,12 +222,26 @@ def _passes(args: argparse.Namespace) -> int:
 
 
 # ---- main -------------------------------------------------------------------------------------
+class _CMakeDir(argparse.Action):
+    """`qcompile --cmake-dir`: like --version, answers and exits before a command is needed."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from pathlib import Path
+        print(Path(__file__).resolve().parent / "cmake")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     for module in COMMAND_MODULES:
         importlib.import_module(module)
     parser = argparse.ArgumentParser(
         prog="qcompile", description="A compiler for quantized neural networks.")
     parser.add_argument("--version", action="version", version=f"qcompile {__version__}")
+    parser.add_argument("--cmake-dir", action=_CMakeDir,
+                        help="print the folder holding QCompile.cmake and exit")
     _debug_flag(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

@@ -1,8 +1,9 @@
 """intmath against TFLite's reference kernels (LiteRT, BUILTIN_REF resolver), bit for bit.
 
-Models are built directly from the flatbuffer schema shipped with ai-edge-litert, so TensorFlow
-is not needed. Only the reference kernels are used: the default resolver's XNNPACK delegate is
-not bit-exact with TFLite's own reference arithmetic.
+Models are built with `conformance.tflite_builder` (the flatbuffer schema shipped with
+ai-edge-litert, so TensorFlow is not needed) and run on the reference kernels only: the default
+resolver's XNNPACK delegate is not bit-exact with TFLite's own reference arithmetic. The op-level
+conformance of qcompile's integer ops is `conformance/test_tflite_int8.py`.
 """
 from __future__ import annotations
 
@@ -12,91 +13,36 @@ import pytest
 from qcompile.quant import (REQUANT_ROUNDINGS, quantize_float, quantize_multiplier, requantize,
                             round_half_away, saturate)
 
-S = pytest.importorskip("ai_edge_litert.schema_py_generated")
-fu = pytest.importorskip("ai_edge_litert.tools.flatbuffer_utils")
-litert = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert.interpreter")
+
+from conformance.tflite_builder import (Tensor, build_model, conv2d_options,  # noqa: E402
+                                        fully_connected_options, run_reference)
 
 
 # --------------------------------------------------------------------------- model building
 
-def _qparams(scale, zp, dim=0):
-    q = S.QuantizationParametersT()
-    q.scale = [float(s) for s in np.atleast_1d(np.asarray(scale, np.float32))]
-    q.zeroPoint = [int(z) for z in np.atleast_1d(zp)]
-    q.quantizedDimension = dim
-    return q
-
-
-def _tensor(name, shape, ttype, buf, q=None):
-    t = S.TensorT()
-    t.name, t.shape, t.type, t.buffer, t.quantization = name, list(shape), ttype, buf, q
-    return t
-
-
-def _buffer(arr=None):
-    b = S.BufferT()
-    b.data = None if arr is None else list(np.ascontiguousarray(arr).view(np.uint8).reshape(-1))
-    return b
-
-
-def _model(opname, tensors, constants, inputs, outputs, options):
-    """One-op model. `constants` maps tensor index -> array stored in its buffer."""
-    m = S.ModelT()
-    m.version = 3
-    oc = S.OperatorCodeT()
-    code = getattr(S.BuiltinOperator, opname)
-    oc.builtinCode, oc.deprecatedBuiltinCode, oc.version = code, min(code, 127), 1
-    m.operatorCodes = [oc]
-    m.buffers = [_buffer()]
-    for i, t in enumerate(tensors):
-        t.buffer = len(m.buffers)
-        m.buffers.append(_buffer(constants.get(i)))
-    op = S.OperatorT()
-    op.opcodeIndex, op.inputs, op.outputs = 0, list(inputs), list(outputs)
-    op.builtinOptionsType, op.builtinOptions = options
-    sg = S.SubGraphT()
-    sg.tensors, sg.inputs, sg.outputs, sg.operators, sg.name = tensors, [inputs[0]], list(outputs), [op], "main"
-    m.subgraphs = [sg]
-    m.description = "test"
-    return bytes(fu.convert_object_to_bytearray(m))
-
-
 def _run_ref(model: bytes, x: np.ndarray) -> np.ndarray:
-    it = litert.Interpreter(model_content=model,
-                            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    it.set_tensor(it.get_input_details()[0]["index"], x)
-    it.invoke()
-    return it.get_tensor(it.get_output_details()[0]["index"])
+    return run_reference(model, [x])[0]
 
 
-def _layer_tensors(x_shape, w, xs, xz, ws, ys, yz, out_shape):
-    nw = np.size(ws)
+def _layer_tensors(x_shape, w, bias, xs, xz, ws, ys, yz, out_shape):
     bias_scale = np.float32(xs) * np.asarray(ws, np.float32)  # TFLite checks bias scale = xs * ws
-    return [
-        _tensor("x", x_shape, S.TensorType.INT8, 0, _qparams(xs, xz)),
-        _tensor("w", w.shape, S.TensorType.INT8, 0, _qparams(ws, np.zeros(nw, np.int64), 0)),
-        _tensor("b", (w.shape[0],), S.TensorType.INT32, 0, _qparams(bias_scale, np.zeros(nw, np.int64), 0)),
-        _tensor("y", out_shape, S.TensorType.INT8, 0, _qparams(ys, yz)),
-    ]
+    return ([Tensor("x", x_shape, "int8", xs, xz), Tensor("w", w.shape, "int8", ws, 0, 0, w),
+             Tensor("b", (w.shape[0],), "int32", bias_scale, 0, 0, bias)],
+            [Tensor("y", out_shape, "int8", ys, yz)])
 
 
 def _conv_model(x_shape, w, bias, xs, xz, ws, ys, yz):
     kh, kw = w.shape[1:3]
     out_shape = (1, x_shape[1] - kh + 1, x_shape[2] - kw + 1, w.shape[0])
-    opt = S.Conv2DOptionsT()
-    opt.padding = S.Padding.VALID
-    opt.strideW = opt.strideH = opt.dilationWFactor = opt.dilationHFactor = 1
-    opt.fusedActivationFunction = S.ActivationFunctionType.NONE
-    return _model("CONV_2D", _layer_tensors(x_shape, w, xs, xz, ws, ys, yz, out_shape),
-                  {1: w, 2: bias}, [0, 1, 2], [3], (S.BuiltinOptions.Conv2DOptions, opt))
+    return build_model("CONV_2D", *_layer_tensors(x_shape, w, bias, xs, xz, ws, ys, yz, out_shape),
+                       conv2d_options())
 
 
 def _fc_model(x_shape, w, bias, xs, xz, ws, ys, yz):
-    opt = S.FullyConnectedOptionsT()
-    opt.fusedActivationFunction = S.ActivationFunctionType.NONE
-    return _model("FULLY_CONNECTED", _layer_tensors(x_shape, w, xs, xz, ws, ys, yz, (x_shape[0], w.shape[0])),
-                  {1: w, 2: bias}, [0, 1, 2], [3], (S.BuiltinOptions.FullyConnectedOptions, opt))
+    return build_model("FULLY_CONNECTED",
+                       *_layer_tensors(x_shape, w, bias, xs, xz, ws, ys, yz, (x_shape[0], w.shape[0])),
+                       fully_connected_options())
 
 
 def _effective_multiplier(xs, ws, ys):
@@ -198,10 +144,7 @@ def test_fully_connected_reference_rescales_in_double():
 # --------------------------------------------------------------------------- QUANTIZE
 
 def _quantize_model(shape, scale, zp):
-    tensors = [_tensor("x", shape, S.TensorType.FLOAT32, 0),
-               _tensor("y", shape, S.TensorType.INT8, 0, _qparams(scale, zp))]
-    return _model("QUANTIZE", tensors, {}, [0], [1],
-                  (S.BuiltinOptions.QuantizeOptions, S.QuantizeOptionsT()))
+    return build_model("QUANTIZE", [Tensor("x", shape, "float32")], [Tensor("y", shape, "int8", scale, zp)])
 
 
 @pytest.mark.parametrize("scale,zp", [(0.5, 0), (0.25, -3), (2.0 ** -7, 10), (0.1, 5), (0.0235, -100),

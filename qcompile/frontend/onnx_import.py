@@ -937,3 +937,5 @@ def from_onnx(model: Union[str, os.PathLike, Any], input_shapes: Optional[Any] =
 
 
 __all__ = ["from_onnx", "OnnxImporter"]
+
+from . import onnx_qops  # noqa: E402,F401  (ONNX's integer operators register their handlers)

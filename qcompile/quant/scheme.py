@@ -37,6 +37,18 @@ DEFAULT_QUANTIZE_OPS = frozenset({
     "max_pool2d", "avg_pool2d", "global_avg_pool", "mean", "pad", "concat",
 }) | PASS_THROUGH_OPS
 
+#: Ops with integer-only transformer recipes (I-BERT style, passes/lower_integer_transformer.py):
+#: the `quantize` pass adds them with `transformer=true`, so a BERT-like encoder lowers to an
+#: integer-only graph. `gather` is quantized as data movement (the table takes its output's
+#: params); softmax outputs get the fixed grid of FIXED_GRID_OPS.
+TRANSFORMER_QUANTIZE_OPS = frozenset({"softmax", "masked_softmax", "layer_norm", "gelu",
+                                      "gather", "reduce_sum", "div"})
+
+#: Ops whose quantized output has a fixed grid instead of a calibrated one: probabilities in
+#: [0, 1] with scale 2**-bits (1/256 for 8 bits; TFLite's softmax output), zero point 0 when
+#: unsigned, qmin when signed.
+FIXED_GRID_OPS = frozenset({"softmax", "masked_softmax"})
+
 
 @dataclass(frozen=True)
 class QuantScheme:
