@@ -137,8 +137,10 @@ class CheckAccumulator(Pass):
             _split(graph, layer, chunks, bits)
             info = RepairInfo("split", list(range(layer.channels)), sqnr_db=math.inf,
                               chunks=[list(c) for c in chunks])
-            ctx.note(f"split the reduction into {len(chunks)} chunks of input channels "
-                     f"{chunks} with {bits}-bit partial sums (exact)", layer.node)
+            sizes = sorted({e - s for s, e in chunks})
+            ctx.note(f"split the reduction of {layer.reduction} products into {len(chunks)} "
+                     f"chunks ({sizes[0]} to {sizes[-1]} products) with {bits}-bit partial sums, "
+                     f"summed in 32 bits (exact)", layer.node)
             return info
         inputs = observer.inputs[layer.name] if observer is not None else []
         proj, info = project_layer(layer, bits, inputs, refit=_can_rescale(layer))

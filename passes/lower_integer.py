@@ -35,6 +35,7 @@ import numpy as np
 from qcompile.errors import PassError, PipelineError
 from qcompile.ir.graph import Graph, Node, Value
 from qcompile.ir.ops import registry
+from qcompile.ir.ops.defs import pool as pool_defs
 from qcompile.ir.ops.defs.quant import dequantize_array
 from qcompile.ir.types import QuantParams, is_float, is_int
 from qcompile.passmanager import Pass, PassContext, register_pass
@@ -227,7 +228,7 @@ class LoweringState:
         if self.rounding == "shift_only":
             e = np.round(np.log2(arr)) if np.all(arr > 0) else None
             if e is None or not np.array_equal(np.exp2(e), arr) or np.abs(e).max() > 31:
-                bad = arr[0] if e is None else arr[np.argmax(np.exp2(e) != arr)]
+                bad = float(arr[0] if e is None else arr[np.argmax(np.exp2(e) != arr)])
                 raise PassError(f"{where}: rounding=shift_only needs power-of-two multipliers in "
                                 f"2**-31..2**31, got {bad!r}; quantize with pow2=true")
             return [0] * arr.size, [int(s) for s in e]
@@ -236,10 +237,10 @@ class LoweringState:
         except QuantError as exc:
             raise PassError(f"{where}: {exc}") from None
         if self.rounding != "gemmlowp_double" and shift.max() > 30:
-            raise PassError(f"{where}: multiplier {arr[np.argmax(shift)]!r} >= 2**30 is outside "
+            raise PassError(f"{where}: multiplier {float(arr[np.argmax(shift)])!r} >= 2**30 is outside "
                             f"{self.rounding} requantization (shift <= 30)")
         if np.any(m0 == 0):
-            self.ctx.warn(f"requantization multiplier {arr[np.argmax(m0 == 0)]!r} is below 2**-32 "
+            self.ctx.warn(f"requantization multiplier {float(arr[np.argmax(m0 == 0)])!r} is below 2**-32 "
                           f"and flushes to 0: that output is constant", self.node)
         return [int(m) for m in m0], [int(s) for s in shift]
 
@@ -716,15 +717,58 @@ def lower_pad(graph: Graph, node: Node, state: LoweringState) -> bool:
     return True
 
 
+def _constant_divisor(x: Value, attrs: dict) -> Optional[int]:
+    """kh * kw when every window of the pooling divides by it (no excluded padding, no ceil_mode
+    overrun), else None. Needs static H and W."""
+    h, w = x.type.shape[2:]
+    if h is None or w is None:
+        return None
+    kernel, pad = attrs["kernel"], attrs["padding"]
+    stride = tuple(attrs["stride"]) or tuple(kernel)
+    oh, ow = pool_defs._out_hw(x.type.shape, kernel, stride, pad, (1, 1), attrs["ceil_mode"])
+    dh = pool_defs._divisor_1d(h, oh, kernel[0], stride[0], pad[0], pad[2],
+                               attrs["count_include_pad"])
+    dw = pool_defs._divisor_1d(w, ow, kernel[1], stride[1], pad[1], pad[3],
+                               attrs["count_include_pad"])
+    if (dh == kernel[0]).all() and (dw == kernel[1]).all():
+        return kernel[0] * kernel[1]
+    return None
+
+
 def _avg_pool(state: LoweringState, node: Node, attrs: dict, keepdims: bool = True) -> bool:
+    """Average pooling onto the output grid. Same params in and out: qavg_pool2d (TFLite's
+    AVERAGE_POOL). Different params (a mean usually has a narrower range than its input, so a
+    finer grid): rounding the mean on the input grid first would cost up to half an input step,
+    several output steps; so when every window has the same divisor k, the window sum of
+    q - zx is taken by a depthwise qconv2d with weights 1 and requantized once by
+    s_x / (k s_y). Only pooling with a varying divisor and different params rounds twice."""
     target = node.outputs[0]
+    x = node.inputs[0]
     q_out = state.params(target)
-    xi = state.int_value(node.inputs[0])
+    xi = state.int_value(x)
     _per_tensor(xi)
+    if q_out.per_channel:
+        raise CannotLower(f"per-channel params on %{target.name}")
     name = f"{target.name}.q"
-    y = state.emit("qavg_pool2d", [xi], attrs, name=name + ("" if keepdims else ".pool"),
-                   quant=xi.quant)
-    y = state.rescale_to(y, q_out, name=name + ".rq")
+    k = _constant_divisor(x, attrs)
+    if same_params(xi.quant, q_out) or k is None:
+        y = state.emit("qavg_pool2d", [xi], attrs, name=name + ("" if keepdims else ".pool"),
+                       quant=xi.quant)
+        y = state.rescale_to(y, q_out, name=name + ".rq")
+    else:
+        c = x.type.shape[1]
+        ones = state.graph.add_constant(f"{target.name}.ones",
+                                        np.ones((c, 1) + tuple(attrs["kernel"]), np.int8),
+                                        dtype="i8", quant=QuantParams(1.0, 0, bits=8))
+        state._consts[id(ones)] = (ones, ones.name)
+        s_x = _f32(xi.quant.scale)[0]
+        stride = tuple(attrs["stride"]) or tuple(attrs["kernel"])
+        acc = state.emit("qconv2d", [xi, ones, None],
+                         {"stride": stride, "padding": tuple(attrs["padding"]), "groups": c,
+                          "acc_bits": state.acc_bits},
+                         name=f"{target.name}.sum", quant=_acc_params(np.array([s_x]), 1))
+        y = state.requantize(acc, q_out, s_x / (k * _f32(q_out.scale)[0]),
+                             name=name + ("" if keepdims else ".pool"))
     if not keepdims:
         y = state.emit("reshape", [y], {"shape": tuple(d if d is not None else -1
                                                        for d in target.type.shape)},

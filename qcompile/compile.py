@@ -490,7 +490,7 @@ def _build(opts, target, backend_name, emit, pipeline, dump, graph, original, ca
 
     quantized = snapshot.quantized if snapshot.quantized is not None else graph
     memory = reports.memory_plan(graph)
-    check_graph(target, graph, memory)
+    check_graph(target, graph, {})  # bit widths now; memory once the backend has measured it
 
     t0 = time.perf_counter()
     eval_data = opts.evaluate
@@ -508,8 +508,8 @@ def _build(opts, target, backend_name, emit, pipeline, dump, graph, original, ca
         files.append(UNITY_SOURCE)
     if dump is not None:
         files += sorted(str(p.relative_to(tmp)) for p in (tmp / "ir").glob("*.qir"))
-    if result.metrics:
-        check_graph(target, graph, {**memory, **_backend_memory(result.metrics)})
+    # the backend's own figures (a real memory plan) beat the estimate when it has them
+    check_graph(target, graph, {**memory, **_backend_memory(result.metrics or {})})
 
     report = reports.build_report(
         target=target, backend=backend_name, pipeline=str(pipeline), model_path=model_path,
@@ -535,8 +535,9 @@ def _build(opts, target, backend_name, emit, pipeline, dump, graph, original, ca
 def _backend_memory(metrics: dict) -> dict:
     """A backend's own figures, when it reports them, override the estimate."""
     out = {}
-    if isinstance(metrics.get("flash_bytes"), int):
-        out["weight_bytes"] = metrics["flash_bytes"]
+    for key in ("flash_bytes", "constant_bytes"):
+        if isinstance(metrics.get(key), int):
+            out["weight_bytes"] = metrics[key]
     if isinstance(metrics.get("arena_bytes"), int):
         out["peak_activation_bytes"] = metrics["arena_bytes"]
     return out

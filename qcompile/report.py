@@ -330,6 +330,9 @@ def print_summary(report: dict, timings: dict, output: Path, console) -> None:
     mem = report["memory"]
     line = (f"weights {_kib(mem['weight_bytes'])}, peak activations "
             f"{_kib(mem['peak_activation_bytes'])}")
+    backend = mem.get("backend") or {}
+    if isinstance(backend.get("arena_bytes"), int):
+        line += f" (estimate; the backend's arena: {_kib(backend['arena_bytes'])})"
     budget = mem["budget"]
     if budget:
         line += " (budget: " + ", ".join(f"{k} {_kib(v)}" for k, v in budget.items()) + ")"

@@ -567,15 +567,16 @@ class Projection:
 
 
 def project_rows(layer: MacLayer, bits: int, sums: Optional[np.ndarray] = None,
-                 count: int = 0, refit: bool = True, iterations: int = 48) -> Projection:
+                 count: int = 0, refit: bool = True, grid: int = 64,
+                 iterations: int = 40) -> Projection:
     """A2Q-style repair of `layer`'s offending channels for a `bits`-wide accumulator.
 
     Two candidate integer weight vectors q per offending channel (centred codes v):
       * projection: q = round(sign(v) max(|v| - t, 0)), the Euclidean projection onto an L1 ball
         (soft-thresholding) followed by re-quantization;
       * coarsening: q = round(v / a), the same weights on a grid `a` times coarser;
-    each with the smallest t (or a) for which the exact bound fits, found by bisection (the
-    bound only shrinks as t or a grows). With `refit` the channel's weight scale is then
+    each with the smallest t (or a) found for which the exact bound fits (a grid scan refined by
+    bisection). With `refit` the channel's weight scale is then
     multiplied by the least-squares gamma = <v, q> / <q, q>, so gamma * q approximates v (the
     caller rescales the weight, bias and requantization multiplier); the candidate with the
     smaller ||gamma q - v|| wins. With patch `sums`/`count` (see `MacLayer.patch_matrix_means`)
@@ -620,29 +621,43 @@ def project_rows(layer: MacLayer, bits: int, sums: Optional[np.ndarray] = None,
         return wi, nb, g, ok
 
     vmax = np.abs(v).max(axis=1)
+    steps = np.linspace(0.0, 1.0, grid + 1)[1:]
     best = None
     for shape_fn, start, top in ((threshold, np.zeros(bad.size), vmax + 1.0),
                                  (coarsen, np.ones(bad.size), 2.0 * vmax + 2.0)):
-        # Where even all-zero weights overflow (the corrected bias does), clamp the bias.
-        clamp = ~candidate(shape_fn, top, np.zeros(bad.size, bool))[3]
-        lo_t, hi_t = start.copy(), top.copy()
+        # With the refit and the bias correction the bound is not monotone in t (the bias
+        # shrinks as the scale grows), so scan a grid for the first t that fits, preferring an
+        # unclamped bias, then bisect between that grid point and the one before it.
+        ts = start[None, :] + (top - start)[None, :] * (steps ** 2)[:, None]
+        clamp = np.zeros(bad.size, bool)
+        first = np.full(bad.size, -1)
+        for mode in (False, True):
+            todo = first < 0
+            for i, t in enumerate(ts):
+                ok = candidate(shape_fn, t, np.full(bad.size, mode))[3] & todo & (first < 0)
+                first = np.where(ok, i, first)
+            clamp = np.where(todo & (first >= 0), mode, clamp)
+        if (first < 0).any():  # t = top (all zero, clamped bias) always fits
+            raise AccumulatorError(f"layer %{layer.name}: projection failed for channels "
+                                   f"{bad[first < 0].tolist()}")
+        hi_t = ts[first, np.arange(bad.size)]
+        lo_t = np.where(first > 0, ts[np.maximum(first - 1, 0), np.arange(bad.size)], start)
         for _ in range(iterations):
             mid = (lo_t + hi_t) / 2
             ok = candidate(shape_fn, mid, clamp)[3]
             hi_t = np.where(ok, mid, hi_t)
             lo_t = np.where(ok, lo_t, mid)
         w, nb, g, ok = candidate(shape_fn, hi_t, clamp)
-        if not ok.all():  # t = top always fits; a guard on that invariant
-            raise AccumulatorError(f"layer %{layer.name}: projection failed for channels "
-                                   f"{bad[~ok].tolist()}")
         err = ((g[:, None] * w - v) ** 2).sum(axis=1)
+        # a clamped bias costs more than any weight error: prefer the unclamped candidate
+        err = np.where(clamp, np.inf, err)
         if best is None:
             best = [w, nb, g, clamp, err]
         else:
-            take = err < best[4]
+            take = (err < best[4]) | (np.isinf(best[4]) & np.isinf(err) & ~clamp)
             best = [np.where(take[:, None], w, best[0]), np.where(take, nb, best[1]),
                     np.where(take, g, best[2]), np.where(take, clamp, best[3]),
-                    np.minimum(err, best[4])]
+                    np.where(take, err, best[4])]
     new_rows[bad], new_bias[bad], gamma[bad], clamped[bad] = best[:4]
     return Projection(new_rows, new_bias, gamma, bad, np.flatnonzero(clamped))
 

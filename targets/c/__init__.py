@@ -56,9 +56,11 @@ def program_metrics(prog: CProgram) -> dict:
             "fused_requantize": sum(1 for c in prog.calls if c.op.endswith("+requantize"))}
 
 
-def emit_c(graph, out_dir, target: Any = None, dsp: Optional[bool] = None) -> CProgram:
-    """Write the C sources for `graph` into `out_dir`; returns the program (plan, metrics)."""
-    prog = CProgram(graph)
+def emit_c(graph, out_dir, target: Any = None, dsp: Optional[bool] = None,
+           batch: int = 1) -> CProgram:
+    """Write the C sources for `graph` into `out_dir`; returns the program (plan, metrics).
+    A dynamic batch dimension becomes `batch` (one image per model_run by default)."""
+    prog = CProgram(graph, batch=batch)
     if target is not None:
         check_budget(prog, target)
     use_dsp = _target_dsp(target) if dsp is None else dsp

@@ -137,11 +137,11 @@ VIEW_OPS = ("reshape", "flatten", "squeeze", "unsqueeze", "identity")
 class CProgram:
     """The C form of one integer graph (see the module docstring)."""
 
-    def __init__(self, graph: Graph, alignment: int = 4):
+    def __init__(self, graph: Graph, alignment: int = 4, batch: int = 1):
         from . import ops  # noqa: F401  (registers the emitters)
         self.graph = graph
         self.alignment = alignment
-        self.shapes = static_shapes(graph)
+        self.shapes = static_shapes(graph, batch)
         self.consts: dict[str, ConstArray] = {}
         self._const_names: set[str] = set()
         self._raw_consts: dict[str, str] = {}
@@ -314,13 +314,13 @@ class CProgram:
         return sum(c.macs for c in self.calls)
 
 
-def static_shapes(graph: Graph) -> dict[str, tuple]:
-    """Every value's shape with dynamic dimensions of the inputs set to 1 (the C program runs
-    one batch item per call when the batch is dynamic), re-inferred through the op registry."""
+def static_shapes(graph: Graph, batch: int = 1) -> dict[str, tuple]:
+    """Every value's shape with dynamic dimensions of the inputs set to `batch` (by default the
+    C program runs one batch item per call), re-inferred through the op registry."""
     shapes: dict[str, tuple] = {}
     types: dict[str, TensorType] = {}
     for v in graph.inputs:
-        t = TensorType(tuple(1 if d is None else d for d in v.shape), v.dtype)
+        t = TensorType(tuple(batch if d is None else d for d in v.shape), v.dtype)
         types[v.name] = t
     for v in graph.constants.values():
         types[v.name] = v.type

@@ -219,3 +219,21 @@ def random_graph(seed: int) -> Graph:
     logits = b.requant(b.linear(y, int(rng.integers(2, 11))), dtype="i8", axis=1,
                        per_channel=bool(rng.integers(0, 2)))
     return b.output(logits)
+
+
+def boundary_arrays(graph: Graph, inputs, prog) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Run `graph` in the integer interpreter on `inputs` (float or integer, as the graph takes
+    them) and return the integer tensors at the C program's boundary: what model_run reads
+    (the outputs of the input quantize nodes) and what it must write (the inputs of the output
+    dequantize nodes)."""
+    from qcompile.interp import Interpreter
+    interp = Interpreter(graph, "int", keep_all=True)
+    outs = interp.run(inputs)
+    env = dict(interp.values)
+    for v, a in zip(graph.inputs, inputs if isinstance(inputs, (list, tuple)) else [inputs]):
+        env[v.name] = np.asarray(a)
+    for v, a in zip(graph.outputs, outs):
+        env.setdefault(v.name, a)
+    ins = [np.asarray(env[p.value.name]) for p in prog.inputs]
+    res = [np.asarray(env[p.value.name]) for p in prog.outputs]
+    return ins, res

@@ -265,7 +265,8 @@ def _pads(h, w, k, stride, dilation, pad) -> tuple:
     """(top, left, bottom, right) of a TFLite padding mode."""
     if pad == "valid":
         return (0, 0, 0, 0)
-    (t, b), (l, r) = same_padding(h, k[0], stride[0], dilation[0]), same_padding(w, k[1], stride[1], dilation[1])
+    t, b = same_padding(h, k[0], stride[0], dilation[0])
+    l, r = same_padding(w, k[1], stride[1], dilation[1])
     return (t, l, b, r)
 
 
@@ -320,19 +321,26 @@ def _conv_case(rng, depthwise: bool):
     ours = _run_int(g, [_nhwc_to_nchw(x)]).transpose(0, 2, 3, 1)
     ctx = (f"x {x.shape} k {k} stride {stride} dilation {dilation} {pad} mult {mult} {act} "
            f"s_x {s_x} z_x {z_x} s_y {s_y} z_y {z_y}")
-    return ours, ref, ctx, shift
+    features = {"padded": any(_pads(h, w, k, stride, dilation, pad)), "strided": max(stride) > 1,
+                "dilated": max(dilation) > 1, "multiplier>1": mult > 1, "per-tensor": not per_channel,
+                "batch>1": n > 1, **{act: True}}
+    return ours, ref, ctx, shift, features
 
 
 @pytest.mark.parametrize("depthwise", [False, True], ids=["conv2d", "depthwise_conv2d"])
 def test_conv_matches_tflite(depthwise):
     rng = np.random.default_rng(11 + depthwise)
     tally = Tally("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D")
-    shifts = set()
+    shifts, seen = set(), {}
     for _ in range(N_CASES):
-        ours, ref, ctx, shift = _conv_case(rng, depthwise)
+        ours, ref, ctx, shift, features = _conv_case(rng, depthwise)
         tally.add(ours, ref, ctx)
         shifts.update(shift)
+        for key, present in features.items():
+            seen[key] = seen.get(key, 0) + present
     tally.assert_exact()
+    wanted = ["padded", "strided", "dilated", "per-tensor", "batch>1", *ACTS]
+    assert all(seen.get(key, 0) >= 10 for key in wanted + ["multiplier>1"] * depthwise), seen
     assert tally.outputs > 5_000
     assert min(shifts) <= -15 and max(shifts) >= 1  # long right shifts and left shifts occurred
 
@@ -684,7 +692,8 @@ def test_lut_tables_match_tflite_on_every_code():
         for _ in range(40):
             s_x, z_x = _rand_scale(rng, -3, 0.3), _zp(rng)
             s_y, z_y = (1 / 256, -128) if op == "LOGISTIC" else (1 / 128, 0)
-            model = build_model(op, [Tensor("x", (256,), "int8", s_x, z_x)], [Tensor("y", (256,), "int8", s_y, z_y)])
+            model = build_model(op, [Tensor("x", (256,), "int8", s_x, z_x)],
+                                [Tensor("y", (256,), "int8", s_y, z_y)])
             assert run_reference(model, [codes])[0].tolist() == table_fn(s_x, z_x), (op, s_x, z_x)
 
 

@@ -92,8 +92,8 @@ def _out_frac_bits(q_out, op: str) -> int:
 def masked_softmax(x, mask, *, axis):
     """softmax over `axis` of the positions where `mask` is true; masked positions give 0.
 
-    mask is bool and broadcasts to x. A slice with no true position is softmax over all of it
-    (what adding -FLT_MAX everywhere gives). This is `softmax(x + where(mask, 0, -big))` with
+    mask is bool and broadcasts to x. A slice with no true position is uniform, 1/n (adding
+    -FLT_MAX everywhere in float32 absorbs x). This is `softmax(x + where(mask, 0, -big))` with
     the mask kept apart, written by `fold-attention-mask`.
     """
     require_float("masked_softmax", x)
@@ -105,16 +105,18 @@ def masked_softmax(x, mask, *, axis):
     return x
 
 
-def _effective_mask(mask: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
-    """The mask broadcast to `shape`, with fully masked slices unmasked."""
+def _effective_mask(mask: np.ndarray, shape: tuple, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the mask broadcast to `shape` with fully masked slices unmasked, those slices)."""
     m = np.broadcast_to(np.asarray(mask, bool), shape)
-    return m | ~m.any(axis=axis, keepdims=True)
+    empty = ~m.any(axis=axis, keepdims=True)
+    return m | empty, empty
 
 
 @masked_softmax.kernel("float")
 def _masked_softmax(x, mask, *, axis):
-    m = _effective_mask(mask, x.shape, axis)
-    x64 = np.where(m, x.astype(np.float64), -np.inf)
+    m, empty = _effective_mask(mask, x.shape, axis)
+    # A fully masked slice is uniform: adding -FLT_MAX in float32 absorbs every x.
+    x64 = np.where(empty, 0.0, np.where(m, x.astype(np.float64), -np.inf))
     e = np.exp(x64 - x64.max(axis=axis, keepdims=True))
     return (e / e.sum(axis=axis, keepdims=True)).astype(x.dtype)
 
@@ -171,7 +173,10 @@ def _qsoftmax(x, mask=None, *, axis, in_multiplier, in_shift, frac_bits, exp_b, 
     q_out = _params(out_quant, 0, "qsoftmax", "output")
     k = _out_frac_bits(q_out, "qsoftmax")
     q = x.astype(np.int64)
-    m = _effective_mask(mask, q.shape, axis) if mask is not None else None
+    m = None
+    if mask is not None:
+        m, empty = _effective_mask(mask, q.shape, axis)
+        q = np.where(empty, 0, q)  # a fully masked slice is uniform, as in masked_softmax
     qmax = np.where(m, q, np.iinfo(np.int64).min) if m is not None else q
     d = q - qmax.max(axis=axis, keepdims=True)
     d = np.where(m, d, 0) if m is not None else d  # masked entries are dropped below
