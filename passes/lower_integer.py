@@ -105,8 +105,8 @@ class LoweringState:
         self._float_of: dict[int, Value] = {}   # id(integer value) -> the float value it stands for
         self._failed: set[int] = set()          # ids of nodes that could not be lowered
         self._created: list[Node] = []          # every node this pass inserted
-        self._consts: dict[int, tuple[Value, str]] = {}  # integer constants added: (const, name of its source)
-        self._deq: dict[int, Value] = {}        # id(float value) -> dequantize output for float readers
+        self._consts: dict[int, tuple[Value, str]] = {}  # added constant -> (it, source name)
+        self._deq: dict[int, Value] = {}        # id(float value) -> its dequantize, for floats
         self._inputs_quantized = 0              # quantize nodes placed at the top of the graph
 
     # ---- the float -> integer map -----------------------------------------------------------
@@ -237,11 +237,13 @@ class LoweringState:
         except QuantError as exc:
             raise PassError(f"{where}: {exc}") from None
         if self.rounding != "gemmlowp_double" and shift.max() > 30:
-            raise PassError(f"{where}: multiplier {float(arr[np.argmax(shift)])!r} >= 2**30 is outside "
-                            f"{self.rounding} requantization (shift <= 30)")
+            bad = float(arr[np.argmax(shift)])
+            raise PassError(f"{where}: multiplier {bad!r} >= 2**30 is outside {self.rounding} "
+                            f"requantization (shift <= 30)")
         if np.any(m0 == 0):
-            self.ctx.warn(f"requantization multiplier {float(arr[np.argmax(m0 == 0)])!r} is below 2**-32 "
-                          f"and flushes to 0: that output is constant", self.node)
+            tiny = float(arr[np.argmax(m0 == 0)])
+            self.ctx.warn(f"requantization multiplier {tiny!r} is below 2**-32 and flushes to 0: "
+                          f"that output is constant", self.node)
         return [int(m) for m in m0], [int(s) for s in shift]
 
     def requantize(self, x: Value, out_quant: QuantParams, real: Sequence[float] | float, *,
@@ -324,8 +326,9 @@ class LowerInteger(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         state = LoweringState(graph, ctx, self.rounding, self.acc_bits, self.float_islands,
                               self.input_rounding)
+        errors_before = len(ctx.errors)
         lowered, islands = self._walk(graph, ctx, state)
-        if ctx.errors:
+        if len(ctx.errors) > errors_before:
             return True  # the pass manager fails the pass, listing every error
         _connect_islands(graph, state, islands, lowered)
         _remove_float_nodes(graph, state, lowered)

@@ -17,6 +17,10 @@ Where parameters go (values only, never node attributes):
     channel when the weights are);
   * other constant operands of quantized ops (an add's constant, a prelu slope): per tensor
     (slopes per channel), from their data.
+With `transformer=true` the scheme also quantizes softmax, masked_softmax, layer_norm, gelu,
+gather, reduce_sum and div (`TRANSFORMER_QUANTIZE_OPS`), so a BERT-like encoder lowers to an
+integer-only graph (passes/lower_integer_transformer.py). A quantized softmax's output gets the
+fixed grid 2**-bits (`FIXED_GRID_OPS`), and a gather's output shares its table's params.
 Values that are non-negative by construction (after relu, relu6, sigmoid...) are stored unsigned
 with zero point 0 when the scheme allows it. Ops outside the scheme's `quantize_ops` (softmax,
 layer_norm, ...) stay float: they are listed in `graph.meta["float_ops"]` and noted.

@@ -147,7 +147,8 @@ def _function_source(spec: str) -> CalibrationSource:
                                f"{fn_name!r}")
     files = [Path(module.__file__).resolve()] if getattr(module, "__file__", None) else []
     hasher = hashlib.sha256()
-    return CalibrationSource("function", spec, files, lambda: _FunctionData(fn, spec, hasher),
+    state = {"hasher": hasher, "hashed": False}  # shared: only the very first pass is hashed
+    return CalibrationSource("function", spec, files, lambda: _FunctionData(fn, spec, state),
                              hasher)
 
 
@@ -156,9 +157,8 @@ class _FunctionData:
     calibration data (calibrate, bias-correct, check-accumulator), and a generator would be
     empty the second time. The first iteration's batches are hashed for the manifest."""
 
-    def __init__(self, fn: Callable, spec: str, hasher):
-        self.fn, self.spec, self.hasher = fn, spec, hasher
-        self.hashed = False
+    def __init__(self, fn: Callable, spec: str, state: dict):
+        self.fn, self.spec, self.state = fn, spec, state
 
     def __iter__(self):
         try:
@@ -171,10 +171,10 @@ class _FunctionData:
         if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
             raise CalibrationError(f"calibration function {self.spec} returned a "
                                    f"{type(data).__name__}; expected an iterable of batches")
-        if self.hashed:
+        if self.state["hashed"]:
             return iter(data)
-        self.hashed = True
-        return iter(_HashingIterable(data, self.hasher))
+        self.state["hashed"] = True
+        return iter(_HashingIterable(data, self.state["hasher"]))
 
 
 def _import_user_module(name: str, spec: str):
@@ -391,8 +391,8 @@ _WEIGHT_OPS = frozenset({"conv2d", "linear", "matmul", "qconv2d", "qlinear", "qm
 # =========================================================================== instruments
 
 class _Snapshot(Instrument):
-    """Keeps a copy of the graph as it was before the first `lower-integer` (the simulated
-    quantized graph the SQNR analysis runs) and the analyses later passes leave in meta."""
+    """Keeps a copy of the graph as it was before the first `lower-integer`: the simulated
+    quantized graph the SQNR analysis runs and the report's layers describe."""
 
     def __init__(self) -> None:
         self.quantized = None
@@ -438,6 +438,11 @@ def compile_model(opts: CompileOptions, console=None) -> CompileResult:
     pipeline = target.pipeline(opts.pipeline)
     check_pipeline(target, pipeline, backend_name)
     dump = parse_dump_ir(opts.dump_ir) if opts.dump_ir else None
+    for names in dump or ():
+        missing = [] if names == "all" else [n for n in names if n not in pipeline.pass_names()]
+        if missing:
+            raise PipelineError(f"--dump-ir: pass '{missing[0]}' is not in the pipeline "
+                                f"'{pipeline}'")
     if opts.calibration is None and "calibrate" in pipeline.pass_names():
         raise CalibrationError(f"the pipeline runs calibrate, which needs --calibration "
                                f"(an .npz, a folder of images, or module:function)")

@@ -68,7 +68,7 @@ def get_backend(name: str, target: Any = None) -> Emit:
         missing = exc.name or "?"
         need = _NEEDS.get(name, f"a module {module} that registers it")
         raise BackendUnavailable(
-            f"{who}, which is not available: {need} is needed (could not import {missing}). "
+            f"{who}, which is not available here: it needs {need} (could not import {missing}). "
             f"`--backend none` writes the integer IR for this target instead") from None
     if name not in _BACKENDS:
         raise BackendUnavailable(f"{who}, but {module} did not register a backend named "

@@ -257,6 +257,11 @@ def test_repair_linear_at_16_bits(method):
     ctx = run_pipeline(g, f"check-accumulator{{bits=16,policy=repair,method={method}}}",
                        PassContext(calibration_data=calib, verify=True))
     adv = [adversarial(w, c, 0, 255)[None, :] for c in range(4)]
+    if method == "project":  # also the worst case of the repaired weights, which it reaches
+        w_new = g.find("qlinear")[0].inputs[1].data
+        adv += [adversarial(w_new, c, 0, 255)[None, :] for c in range(4)]
+        rep = analyze(g).layers[0]
+        assert [run_int(g, adv[4 + c])[0, c] for c in range(4)] == rep.hi.tolist()
     rand = [rng.integers(0, 256, size=(16, 64)) for _ in range(5)]
     _check_repaired_is_safe(g, adv + rand, reference=original if method == "split" else None)
     report = g.meta["accumulator"]
@@ -402,3 +407,26 @@ def test_float_graph_projection_before_lowering():
     with pytest.raises(PassError, match="after lower-integer"):
         run_pipeline(_quantized_float_linear(rng), "check-accumulator{bits=16,policy=repair,"
                      "method=split}", PassContext())
+
+
+def test_after_lowering_projection_rescales_requantize():
+    """quantized float graph -> lower-integer -> check-accumulator: the coarser weight grid of a
+    repaired channel moves into its requantize multiplier, so outputs stay close."""
+    rng = np.random.default_rng(10)
+    g = _quantized_float_linear(rng)
+    run_pipeline(g, "lower-integer", PassContext(verify=True))
+    wide = g.copy()
+    requant = g.find("requantize")[0]
+    before = (requant.attrs["multiplier"], requant.attrs["shift"])
+    calib = rng.uniform(0, 255 * SX, size=(128, 48)).astype(np.float32)
+    ctx = run_pipeline(g, "check-accumulator{bits=16,policy=repair}",
+                       PassContext(calibration_data=calib, verify=True))
+    assert not ctx.errors and analyze(g).unsafe(16) == []
+    assert (requant.attrs["multiplier"], requant.attrs["shift"]) != before
+    x = rng.uniform(0, 255 * SX, size=(64, 48)).astype(np.float32)
+    ref = Interpreter(wide, "int").run([x])[0].astype(np.float64)
+    out = Interpreter(g, "int").run([x])[0].astype(np.float64)
+    sqnr = 10 * np.log10(np.sum(ref ** 2) / np.sum((out - ref) ** 2))
+    assert sqnr > 15.0  # a coarser grid, not a different function
+    rep = g.meta["accumulator"]["layers"][0]["repair"]
+    assert rep["sqnr_db"] > 15.0 > rep["wrapped_sqnr_db"]

@@ -396,3 +396,12 @@ def test_digits_model_compiles_and_keeps_its_accuracy(tmp_path):
     ev = json.loads((out / "report.json").read_text())["evaluation"]
     assert ev["float_accuracy"] > 0.98
     assert ev["integer_accuracy"] >= ev["float_accuracy"] - 0.01
+    # the generated code is deterministic too
+    again = tmp_path / "again"
+    r = qc("compile", MODELS / "digits_cnn.onnx", "-t", "c99", *backend,
+           "-c", MODELS / "digits_calib.npz", "--evaluate", MODELS / "digits_test.npz",
+           "-o", again, "--report", "json,html", "-q")
+    assert r.returncode == 0, r.stderr
+    first, second = hashes(out), hashes(again)
+    assert {f for f in first if first[f] != second.get(f)} == {"timings.json"}
+    assert set(first) == set(second)

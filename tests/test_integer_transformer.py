@@ -222,7 +222,9 @@ def test_op_declarations_check_their_attributes():
 
 # ---- lowering a transformer block ----------------------------------------------------------------
 
-def _block_graph():
+@pytest.fixture(scope="module")
+def block():
+    """zoo.transformer_encoder_block imported once: (graph, calibration inputs, test inputs)."""
     torch = pytest.importorskip("torch")
     sys.path.insert(0, str(EXAMPLES))
     import zoo
@@ -240,8 +242,9 @@ def cosine(a, b) -> float:
 
 
 @pytest.mark.parametrize("gelu", ["lut", "polynomial"])
-def test_transformer_block_lowers_to_integer_only(gelu):
-    g, calib, xs = _block_graph()
+def test_transformer_block_lowers_to_integer_only(block, gelu):
+    g, calib, xs = block
+    g = g.copy()
     ctx = PassContext(calibration_data=calib, options={"integer_gelu": gelu})
     run_pipeline(g, "calibrate,quantize{transformer=true}", ctx)
     assert g.value("_softmax").quant == QuantParams(1 / 256, 0, bits=8, signed=False)
@@ -253,12 +256,14 @@ def test_transformer_block_lowers_to_integer_only(gelu):
     assert all(not n.outputs[0].dtype.startswith("f") for n in g.nodes if n.op != "dequantize")
     text = g.dump()
     assert "exp_b=" in text and "eps_int=" in text  # compile-time constants are in the IR
+    assert qcompile.parse(g.dump(full=True)).dump() == text
     for x, f in zip(xs, fq):
         assert cosine(qcompile.run(g, x, mode="int")[0], f) > 0.999
 
 
-def test_softmax_without_fixed_grid_is_refused():
-    g, calib, _ = _block_graph()
+def test_softmax_without_fixed_grid_is_refused(block):
+    g, calib, _ = block
+    g = g.copy()
     ctx = PassContext(calibration_data=calib)
     run_pipeline(g, "calibrate,quantize", ctx)
     # softmax is not quantized without transformer=true: its output's grid is calibrated

@@ -118,7 +118,8 @@ def test_fused_relu_and_relu6_become_clamps_and_multipliers_are_per_channel():
     assert rq.op == "requantize" and rq.attrs["clamp_min"] == q_r1.zero_point[0]
     assert rq.attrs["clamp_max"] == q_r1.qmax and rq.attrs["axis"] == 1
     real = multiplier_value(rq.attrs["multiplier"], rq.attrs["shift"])
-    want = np.float32(q_x.scale[0]) * np.float32(w.scale).astype(np.float64) / np.float32(q_r1.scale[0])
+    s_w = np.float32(w.scale).astype(np.float64)
+    want = np.float32(q_x.scale[0]) * s_w / np.float32(q_r1.scale[0])
     np.testing.assert_allclose(real, want, rtol=2 ** -30)
     rq6 = g.value("r2").producer
     six = round(6.0 / np.float32(q_r2.scale[0])) + q_r2.zero_point[0]
@@ -257,7 +258,8 @@ def test_average_pooling_on_one_grid_is_qavg_pool2d():
 
 
 @pytest.mark.parametrize("op,attrs", [
-    ("max_pool2d", {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1, 1, 1), "ceil_mode": True}),
+    ("max_pool2d", {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1, 1, 1),
+                    "ceil_mode": True}),
     ("reshape", {"shape": (-1, 144)}), ("transpose", {"perm": (0, 2, 3, 1)}),
     ("slice", {"axes": (1,), "starts": (1,), "ends": (3,)}),
     ("pad", {"pads": (0, 0, 1, 1, 0, 0, 1, 1)}), ("relu", {})])
@@ -481,7 +483,8 @@ def test_real_model_integer_accuracy_matches_fakequant(name):
 @pytest.mark.slow
 def test_cli_inspect_prints_the_integer_graph(tmp_path):
     import subprocess
-    model, calib = ROOT / "examples/models/digits_cnn.onnx", ROOT / "examples/models/digits_calib.npz"
+    model = ROOT / "examples/models/digits_cnn.onnx"
+    calib = ROOT / "examples/models/digits_calib.npz"
     r = subprocess.run([sys.executable, "-m", "qcompile", "inspect", str(model), "-p",
                         "fold-bn,calibrate,quantize,lower-integer{rounding=single_half_up}",
                         "--calibration", str(calib)], capture_output=True, text=True, timeout=300)

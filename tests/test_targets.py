@@ -138,7 +138,7 @@ def test_missing_backend_names_the_target_and_what_is_missing(monkeypatch):
     monkeypatch.delitem(backend_mod._BACKENDS, "hls", raising=False)
     monkeypatch.setitem(sys.modules, "qcompile.targets.hls", None)  # as if not installed
     with pytest.raises(BackendUnavailable, match=r"target 'ultra96-v2' uses backend 'hls', which "
-                                                 r"is not available: the HLS backend module"):
+                                                 r"is not available here: it needs the HLS backend module"):
         get_backend("hls", get_target("ultra96-v2"))
 
 

@@ -263,7 +263,9 @@ def mac_layer(node: Node) -> Optional[MacLayer]:
         rows = centred.T
     rows = np.ascontiguousarray(rows, dtype=np.int64)
     if bias is not None and bias.quant is not None:
-        bias_q = _quantized_constant(bias, node, "bias").reshape(-1)
+        # the kernels add bias - z_b (z_b is 0 as lowered, but the IR allows one)
+        bias_q = (_quantized_constant(bias, node, "bias")
+                  - bias.quant.zero_point_array(bias.type.rank)).reshape(-1)
     elif bias is not None and not is_float(bias.dtype):
         bias_q = _int_data(bias, "bias", node).reshape(-1)
     elif bias is not None:
@@ -318,17 +320,19 @@ class AccumulatorObserver:
     inputs are exact multiples of their scale, so they quantize back to their integer codes).
     `widths` are accumulator widths to count overflowing values for; `keep_inputs` (True, or a
     set of layer names) keeps those layers' centred inputs (repairs re-evaluate the layer on
-    them); `on_layer(layer,
+    them); `keep_outputs` keeps the graph outputs of every batch; `on_layer(layer,
     x_c, operand_c, acc)` is called per layer and batch."""
 
     def __init__(self, graph: Graph, layers: Optional[list[MacLayer]] = None,
                  widths: Sequence[int] = (), keep_inputs: Any = False,
-                 on_layer: Optional[Callable] = None):
+                 on_layer: Optional[Callable] = None, keep_outputs: bool = False):
         self.graph = graph
         self.layers = mac_layers(graph) if layers is None else layers
         self.widths = tuple(widths)
         self.keep_inputs = keep_inputs
         self.on_layer = on_layer
+        self.keep_outputs = keep_outputs
+        self.outputs: list[list[np.ndarray]] = []  # per batch, with keep_outputs
         self.integer = is_integer_graph(graph)
         self.stats = {l.name: ObservedStats(l.channels) for l in self.layers}
         self.inputs: dict[str, list] = {l.name: [] for l in self.layers}
@@ -381,7 +385,9 @@ class AccumulatorObserver:
                 break
             self._stash = {id(v): self._centre(v, batch[v.name]) for v in self.graph.inputs
                            if id(v) in self._needed}
-            interp.run(batch)
+            outs = interp.run(batch)
+            if self.keep_outputs:
+                self.outputs.append(outs)
         self._stash = {}
         return self
 

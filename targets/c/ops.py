@@ -59,10 +59,19 @@ def requant_struct(prog: CProgram, rq: Node, x: Value) -> str:
                             f"single-rounding requantization")
     m = prog.const(f"qcm_{rq.name}", "int32_t", mult)
     s = prog.const(f"qcs_{rq.name}", "int32_t", shift)
+    out_zp = prog.zero_point(rq.output, rq)
+    # clamp(v + zp, cmin, cmax) == clamp(v, cmin - zp, cmax - zp) + zp for an int32 v
+    lo = max(a["clamp_min"] - out_zp, -(1 << 31))
+    hi = min(a["clamp_max"] - out_zp, (1 << 31) - 1)
     return struct(prog, "qc_requant_t", f"qcr_{rq.name}", {
         "mult": m, "shift": s, "channels": len(mult), "in_zp": prog.zero_point(x, rq),
-        "out_zp": prog.zero_point(rq.output, rq), "clamp_min": a["clamp_min"],
-        "clamp_max": a["clamp_max"], "rounding": _ROUNDING[a["rounding"]]})
+        "out_zp": out_zp, "lo": _c_int(lo), "hi": _c_int(hi),
+        "rounding": _ROUNDING[a["rounding"]]})
+
+
+def _c_int(v: int) -> str:
+    """An int32 literal (INT32_MIN has no literal of type int)."""
+    return "INT32_MIN" if v == -(1 << 31) else str(v)
 
 
 def _activation_8bit(prog: CProgram, node: Node, x: Value) -> None:
@@ -454,3 +463,28 @@ def emit_pad(prog: CProgram, node: Node, _rq=None) -> Call:
 
 
 __all__ = ["c_ident"]
+
+
+@c_op("qsoftmax")
+def emit_qsoftmax(prog: CProgram, node: Node, _rq=None) -> Call:
+    x, y = node.inputs[0], node.output
+    if node.input(1) is not None:
+        raise CBackendError(f"node %{node.name} (qsoftmax): a mask input is not supported by the "
+                            f"C backend")
+    a = node.attrs
+    q = y.quant
+    k = -np.log2(q.scale[0]) if q is not None else 0.5
+    if q is None or k != round(k):
+        raise CBackendError(f"node %{node.name} (qsoftmax): output scale must be 2**-k")
+    xs = prog.shape(x)
+    ax = a["axis"] % len(xs)
+    lo, hi = int_range(int_bits(y.dtype), is_signed(y.dtype))
+    params = struct(prog, "qc_softmax_t", f"qcp_{node.name}", {
+        "outer": int(np.prod(xs[:ax], dtype=np.int64)), "n": xs[ax],
+        "inner": int(np.prod(xs[ax + 1:], dtype=np.int64)), "x_type": prog.ctype(x).enum,
+        "y_type": prog.ctype(y).enum, "y_zp": prog.zero_point(y, node), "qmin": lo, "qmax": hi,
+        "in_mult": a["in_multiplier"], "in_shift": a["in_shift"], "frac_bits": a["frac_bits"],
+        "exp_b": a["exp_b"], "exp_c": a["exp_c"], "out_frac_bits": int(round(k)),
+        "rounding": _ROUNDING[a["rounding"]]})
+    code = [f"qc_softmax({params}, {prog.tensor(x)}, {prog.tensor(y)});"]
+    return Call(node.name, node.op, code, {y.name: prog.nbytes(y)}, _uses(x))

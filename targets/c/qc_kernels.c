@@ -158,8 +158,8 @@ static uint32_t qc_dot_1x1(const int8_t *w0, const int16_t *a, int32_t k, uint32
 }
 
 /* Store one accumulator: wrap to acc_bits, then requantize (fused) or keep as int32. */
-static inline void qc_emit(void *y, int32_t y_type, size_t idx, uint32_t acc, int32_t acc_bits,
-                           const qc_requant_t *rq, int32_t ch)
+QC_INLINE void qc_emit(void *y, int32_t y_type, size_t idx, uint32_t acc, int32_t acc_bits,
+                       const qc_requant_t *rq, int32_t ch)
 {
     int32_t v = qc_wrap(acc, acc_bits);
     if (rq)
@@ -222,10 +222,41 @@ static void qc_gemm_cols(const int8_t *w, int32_t o, int32_t k, const int32_t *b
                     for (kx = 0; kx < p->kw; kx++) col[j++] = 0;                               \
                     continue;                                                                  \
                 }                                                                              \
+                if (ix0 >= 0 && ix0 + (p->kw - 1) * p->dw < p->w) {                            \
+                    /* the whole row is inside the image: no bounds checks */                  \
+                    const T *row = plane + (size_t)iy * p->w + ix0;                            \
+                    if (p->dw == 1)                                                            \
+                        for (kx = 0; kx < p->kw; kx++) col[j++] = (int16_t)(row[kx] - zp);     \
+                    else                                                                       \
+                        for (kx = 0; kx < p->kw; kx++)                                         \
+                            col[j++] = (int16_t)(row[kx * p->dw] - zp);                        \
+                    continue;                                                                  \
+                }                                                                              \
                 for (kx = 0; kx < p->kw; kx++) {                                               \
                     int32_t ix = ix0 + kx * p->dw;                                             \
                     col[j++] = (int16_t)((ix < 0 || ix >= p->w)                                \
                                          ? 0 : (int32_t)plane[(size_t)iy * p->w + ix] - zp);   \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
+/* A window entirely inside the image: rows copied without bounds checks (3-wide unrolled). */
+#define QC_IM2COL_INTERIOR(T)                                                                  \
+    do {                                                                                       \
+        const T *xs = (const T *)xv + (size_t)iy0 * p->w + ix0;                                \
+        int32_t ci, ky, kx;                                                                    \
+        size_t rstep = (size_t)p->dh * p->w;                                                   \
+        for (ci = 0; ci < cg; ci++) {                                                          \
+            const T *row = xs + (size_t)ci * hw;                                               \
+            for (ky = 0; ky < p->kh; ky++, row += rstep) {                                     \
+                if (p->kw == 3 && p->dw == 1) {                                                \
+                    col[0] = (int16_t)(row[0] - zp);                                           \
+                    col[1] = (int16_t)(row[1] - zp);                                           \
+                    col[2] = (int16_t)(row[2] - zp);                                           \
+                    col += 3;                                                                  \
+                } else {                                                                       \
+                    for (kx = 0; kx < p->kw; kx++) *col++ = (int16_t)(row[kx * p->dw] - zp);   \
                 }                                                                              \
             }                                                                                  \
         }                                                                                      \
@@ -236,6 +267,15 @@ static void qc_im2col(const qc_conv_t *p, const void *xv, int32_t cg, size_t hw,
 {
     int32_t oy = pix / p->ow, ox = pix - (pix / p->ow) * p->ow;
     int32_t zp = p->in_zp;
+    int32_t iy0 = oy * p->sh - p->pad_t, ix0 = ox * p->sw - p->pad_l;
+    if (iy0 >= 0 && ix0 >= 0 && iy0 + (p->kh - 1) * p->dh < p->h
+        && ix0 + (p->kw - 1) * p->dw < p->w) {
+        if (p->x_type == QC_U8)
+            QC_IM2COL_INTERIOR(uint8_t);
+        else
+            QC_IM2COL_INTERIOR(int8_t);
+        return;
+    }
     if (p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->pad_t == 0 && p->pad_l == 0
         && p->oh == p->h && p->ow == p->w) {
         /* 1x1 fast path: the column is one pixel across channels */
@@ -412,6 +452,32 @@ int qc_lut(size_t n, const void *x, int32_t x_type, int32_t qmin, const void *ta
 
 /* ---------------------------------------------------------------- pooling */
 
+/* Max pooling; windows are clipped to the image (padding never wins). 8-bit tensors get a
+ * typed loop, wider ones go through qc_load/qc_store. */
+#define QC_MAXPOOL(T)                                                                          \
+    do {                                                                                       \
+        const T *xs = (const T *)x + base;                                                     \
+        T *ys = (T *)y;                                                                        \
+        for (oy = 0; oy < p->oh; oy++) {                                                       \
+            int32_t iy0 = oy * p->sh - p->pad_t, ky0 = 0, ky1 = p->kh;                         \
+            while (ky0 < ky1 && iy0 + ky0 * p->dh < 0) ky0++;                                  \
+            while (ky1 > ky0 && iy0 + (ky1 - 1) * p->dh >= p->h) ky1--;                        \
+            for (ox = 0; ox < p->ow; ox++, out++) {                                            \
+                int32_t ix0 = ox * p->sw - p->pad_l, kx0 = 0, kx1 = p->kw;                     \
+                T best;                                                                        \
+                while (kx0 < kx1 && ix0 + kx0 * p->dw < 0) kx0++;                              \
+                while (kx1 > kx0 && ix0 + (kx1 - 1) * p->dw >= p->w) kx1--;                    \
+                best = xs[(size_t)(iy0 + ky0 * p->dh) * p->w + ix0 + kx0 * p->dw];             \
+                for (ky = ky0; ky < ky1; ky++) {                                               \
+                    const T *row = xs + (size_t)(iy0 + ky * p->dh) * p->w + ix0;               \
+                    for (kx = kx0; kx < kx1; kx++)                                             \
+                        if (row[kx * p->dw] > best) best = row[kx * p->dw];                    \
+                }                                                                              \
+                ys[out] = best;                                                                \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+
 int qc_max_pool2d(const qc_pool_t *p, const void *x, void *y)
 {
     int32_t n, c, oy, ox, ky, kx;
@@ -419,6 +485,14 @@ int qc_max_pool2d(const qc_pool_t *p, const void *x, void *y)
     for (n = 0; n < p->n; n++)
         for (c = 0; c < p->c; c++) {
             size_t base = ((size_t)n * p->c + c) * hw;
+            if (p->type == QC_I8) {
+                QC_MAXPOOL(int8_t);
+                continue;
+            }
+            if (p->type == QC_U8) {
+                QC_MAXPOOL(uint8_t);
+                continue;
+            }
             for (oy = 0; oy < p->oh; oy++)
                 for (ox = 0; ox < p->ow; ox++, out++) {
                     int32_t best = INT32_MIN, seen = 0;
@@ -602,6 +676,48 @@ int qc_avg_pool2d(const qc_pool_t *p, const void *x, void *y)
                     avg = sum >= 0 ? (sum + count / 2) / count : (sum - count / 2) / count;
                     qc_store(y, p->type, out, qc_clamp(avg, p->qmin, p->qmax));
                 }
+            }
+        }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- softmax */
+
+/* i-exp of element i (relative to the slice maximum), an integer below 2^31. */
+static uint32_t qc_iexp(const qc_softmax_t *p, int32_t d)
+{
+    int32_t t = qc_requant_value(d, p->in_mult, p->in_shift, p->rounding); /* <= 0 */
+    uint32_t u = (uint32_t)(-(int64_t)t);
+    uint32_t pw = u >> p->frac_bits;
+    int32_t r = -(int32_t)(u & (((uint32_t)1 << p->frac_bits) - 1u));
+    int32_t b = r + p->exp_b;                      /* > 0: exp_b > 2^frac_bits */
+    uint32_t z = (uint32_t)b * (uint32_t)b + (uint32_t)p->exp_c;
+    return z >> (pw > 31u ? 31u : pw);
+}
+
+int qc_softmax(const qc_softmax_t *p, const void *x, void *y)
+{
+    int32_t o, i, j;
+    for (o = 0; o < p->outer; o++)
+        for (j = 0; j < p->inner; j++) {
+            size_t base = (size_t)o * p->n * p->inner + j;
+            int32_t mx = qc_load(x, p->x_type, base);
+            uint64_t total = 0;
+            for (i = 1; i < p->n; i++) {
+                int32_t v = qc_load(x, p->x_type, base + (size_t)i * p->inner);
+                if (v > mx) mx = v;
+            }
+            for (i = 0; i < p->n; i++)
+                total += qc_iexp(p, qc_load(x, p->x_type, base + (size_t)i * p->inner) - mx);
+            for (i = 0; i < p->n; i++) {
+                size_t idx = base + (size_t)i * p->inner;
+                uint64_t e = qc_iexp(p, qc_load(x, p->x_type, idx) - mx);
+                /* e 2^k / total rounded half up; int64 because e 2^(k+1) exceeds 32 bits */
+                int64_t q = (int64_t)((e * ((uint64_t)2 << p->out_frac_bits) + total)
+                                      / (2u * total));
+                int64_t v = q + p->y_zp;
+                qc_store(y, p->y_type, idx, (int32_t)(v < p->qmin ? p->qmin
+                                                      : (v > p->qmax ? p->qmax : v)));
             }
         }
     return 0;

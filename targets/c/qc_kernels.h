@@ -45,17 +45,25 @@ enum {
 };
 
 /* y = clamp(requantize(x - in_zp, mult, shift, rounding) + out_zp, clamp_min, clamp_max),
- * with (mult, shift) per channel (channels > 1) or per tensor. */
+ * with (mult, shift) per channel (channels > 1) or per tensor. The clamp is applied before the
+ * zero point is added, as clamp(v, lo, hi) + out_zp with lo = clamp_min - out_zp and
+ * hi = clamp_max - out_zp limited to int32 (the same result, in 32-bit arithmetic). */
 typedef struct {
     const int32_t *mult;
     const int32_t *shift;
     int32_t channels;
     int32_t in_zp;
     int32_t out_zp;
-    int32_t clamp_min;
-    int32_t clamp_max;
+    int32_t lo;
+    int32_t hi;
     int32_t rounding;
 } qc_requant_t;
+
+#if defined(__GNUC__)
+#define QC_INLINE static inline __attribute__((always_inline))
+#else
+#define QC_INLINE static inline
+#endif
 
 /* 2-D convolution over one NCHW image batch. Weights: O x K, K = (C / groups) * kh * kw,
  * centred and reordered (see the top of this file). */
@@ -88,20 +96,18 @@ static inline int32_t qc_wrap(uint32_t acc, int32_t bits)
     return qc_u2i((acc ^ m) - m);
 }
 
-/* SaturatingRoundingDoublingHighMul (intmath.srdhm). */
-static inline int32_t qc_srdhm(int32_t a, int32_t b)
+/* SaturatingRoundingDoublingHighMul (intmath.srdhm): floor(a b / 2^31 + 1/2). The reference's
+ * trunc((a b + nudge) / 2^31), nudge = 2^30 or 1 - 2^30 by the sign of a b, is the same
+ * number; the single-shift form compiles to a few instructions on a 32-bit core. */
+QC_INLINE int32_t qc_srdhm(int32_t a, int32_t b)
 {
-    int64_t ab, s;
     if (a == INT32_MIN && b == INT32_MIN)
         return INT32_MAX;
-    ab = (int64_t)a * (int64_t)b;
-    s = ab + (ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30)));
-    /* truncating division by 2^31, spelt with shifts so no division routine is pulled in */
-    return (int32_t)(s >= 0 ? (s >> 31) : -((-s) >> 31));
+    return (int32_t)(((int64_t)a * (int64_t)b + ((int64_t)1 << 30)) >> 31);
 }
 
 /* RoundingDivideByPOT: x / 2^e rounded half away from zero, e in [0, 31] (intmath.rdbpot). */
-static inline int32_t qc_rdbpot(int32_t x, int32_t e)
+QC_INLINE int32_t qc_rdbpot(int32_t x, int32_t e)
 {
     uint32_t mask = ((uint32_t)1 << e) - 1u;
     uint32_t rem = (uint32_t)x & mask;
@@ -111,7 +117,7 @@ static inline int32_t qc_rdbpot(int32_t x, int32_t e)
 
 /* acc * mult * 2^(shift - 31) rounded to an int32 (intmath.requantize / shift_requantize).
  * Cases where the reference raises (a result outside int32) wrap here. */
-static inline int32_t qc_requant_value(int32_t x, int32_t mult, int32_t shift, int32_t rounding)
+QC_INLINE int32_t qc_requant_value(int32_t x, int32_t mult, int32_t shift, int32_t rounding)
 {
     if (rounding == QC_ROUND_GEMMLOWP_DOUBLE) {
         int32_t left = shift > 0 ? shift : 0;
@@ -139,16 +145,12 @@ static inline int32_t qc_clamp(int32_t v, int32_t lo, int32_t hi)
 }
 
 /* The full requantize step for channel `ch`: clamp(requant(x - in_zp) + out_zp). */
-static inline int32_t qc_requant_apply(const qc_requant_t *rq, int32_t x, int32_t ch)
+QC_INLINE int32_t qc_requant_apply(const qc_requant_t *rq, int32_t x, int32_t ch)
 {
     int32_t i = rq->channels > 1 ? ch : 0;
     int32_t v = qc_requant_value(qc_u2i((uint32_t)x - (uint32_t)rq->in_zp), rq->mult[i],
                                  rq->shift[i], rq->rounding);
-    /* clamp before adding the zero point would be wrong near INT32 limits; add in 64 bits */
-    int64_t y = (int64_t)v + rq->out_zp;
-    if (y < rq->clamp_min) return rq->clamp_min;
-    if (y > rq->clamp_max) return rq->clamp_max;
-    return (int32_t)y;
+    return (v < rq->lo ? rq->lo : (v > rq->hi ? rq->hi : v)) + rq->out_zp;
 }
 
 /* Element access by storage type. */
@@ -245,6 +247,16 @@ typedef struct {
 
 int qc_max_pool2d(const qc_pool_t *p, const void *x, void *y);
 int qc_avg_pool2d(const qc_pool_t *p, const void *x, void *y);
+
+/* I-BERT integer softmax along the middle axis of (outer, n, inner) (qsoftmax): i-exp of
+ * q - max on the grid ln2 / 2^frac_bits, normalised to the output grid 2^-out_frac_bits. */
+typedef struct {
+    int32_t outer, n, inner;
+    int32_t x_type, y_type, y_zp, qmin, qmax;
+    int32_t in_mult, in_shift, frac_bits, exp_b, exp_c, out_frac_bits, rounding;
+} qc_softmax_t;
+
+int qc_softmax(const qc_softmax_t *p, const void *x, void *y);
 
 /* y[i] = table[x[i] - qmin] */
 int qc_lut(size_t n, const void *x, int32_t x_type, int32_t qmin, const void *table,

@@ -475,7 +475,7 @@ def _qavg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, in
 
 # ---- lookup tables ------------------------------------------------------------------------------
 
-@register_op("lut", attrs={"table": AttrSpec("ints", doc="2**bits output codes, indexed by q - qmin"),
+@register_op("lut", attrs={"table": AttrSpec("ints", doc="2**bits output codes, by q - qmin"),
                            "dtype": _DTYPE},
              traits=("quant_aware",))
 def lut(x, *, table, dtype):
