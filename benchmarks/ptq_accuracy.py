@@ -112,6 +112,8 @@ class Bench:
     methods: tuple[str, ...] = METHODS
     #: further rows of table (a): label -> passes, built from the imported float graph
     extra: dict[str, Callable[[Graph], tuple[str, ...]]] = field(default_factory=dict)
+    #: passes inserted after fold-bn in the DFQ variants of table (b)
+    dfq_prefix: tuple[str, ...] = ()
 
     @property
     def batch(self) -> Optional[int]:
@@ -220,23 +222,26 @@ def minilm_bench(quick: bool = False) -> Bench:
         lambda out: math.nan, ">= 0.99", lambda ours, ref: ours >= 0.99,
         notes=[f"{n_eval} sentences scored, {n_calib} others calibrate; {MINILM_TOKENS} tokens "
                f"({truncated} of {n_eval + n_calib} sentences truncated)"],
-        methods=("minmax",), extra={"minmax, float adds + FFN out": minilm_mixed_passes})
+        methods=("minmax",), dfq_prefix=("fold-attention-mask",),
+        extra={"minmax + fold-attention-mask": lambda g: MINILM_MASKED,
+               "  + float adds, FFN out": minilm_mixed_passes})
     bench.reference = _torch_outputs(bench)
     bench.score = lambda out: mean_cosine(out, bench.reference)
     return _finish(bench)
 
 
-def minilm_mixed_passes(graph: Graph) -> tuple[str, ...]:
-    """The default pipeline with every add and the second linear of each feed-forward block
-    (the one reading the GELU) left float.
+#: BERT adds where(mask, 0, -3.4e38) to the attention scores; a per-tensor range that holds
+#: -3.4e38 leaves no resolution for scores of size ~10, so the mask is folded into the softmax.
+MINILM_MASKED = ("fold-bn", "fold-attention-mask", "calibrate", "quantize")
 
-    Two things break 8-bit activations in this BERT: the attention-mask adds carry the padding
-    sentinel -3.4e38 (finfo(f32).min), which a per-tensor range cannot hold next to scores of
-    size ~10; and the feed-forward outputs and the residual sums after them have outlier
-    channels up to ~200 while most values are below 1."""
+
+def minilm_mixed_passes(graph: Graph) -> tuple[str, ...]:
+    """MINILM_MASKED with every add and the second linear of each feed-forward block (the one
+    reading the GELU) left float: those outputs, and the residual sums after them, have outlier
+    channels up to ~200 while most values are below 1, more than 8 bits per tensor can hold."""
     ffn_out = [n.name for n in graph.nodes if n.op == "linear" and n.inputs[0].producer is not None
                and n.inputs[0].producer.op == "gelu"]
-    return ("fold-bn", "calibrate", f"quantize{{keep_float=[add,{','.join(ffn_out)}]}}")
+    return MINILM_MASKED[:-1] + (f"quantize{{keep_float=[add,{','.join(ffn_out)}]}}",)
 
 
 def sqnr_db(out: np.ndarray, reference: np.ndarray) -> float:
@@ -460,7 +465,8 @@ def evaluate(name: str, quick: bool = False, methods: Optional[Sequence[str]] = 
     pipelines = {m: per_channel_passes(m) for m in methods}
     pipelines.update({label: build(quantizer.graph(())) for label, build in bench.extra.items()})
     per_channel = {label: quantizer.score(p) for label, p in pipelines.items()}
-    results = {k: quantizer.result(p) for k, p in DFQ_VARIANTS.items()} if dfq else {}
+    results = {k: quantizer.result(p[:1] + bench.dfq_prefix + p[1:])
+               for k, p in DFQ_VARIANTS.items()} if dfq else {}
     ort = []
     if ort_methods:
         with tempfile.TemporaryDirectory() as folder:
@@ -534,6 +540,8 @@ def table_b(reports: list[ModelReport]):
         if not r.dfq:
             continue
         b = r.bench
+        if b.dfq_prefix:
+            t.caption = (t.caption or "") + f"{b.name}: {','.join(b.dfq_prefix)} after fold-bn. "
         hurts, drops = r.equalization_hurts(), r.sqnr_drops()
         cells = [fmt(b, r.dfq[k]) if k not in hurts else f"[red]{fmt(b, r.dfq[k])}[/red]"
                  for k in DFQ_VARIANTS]

@@ -36,9 +36,9 @@ from qcompile.errors import PassError, PipelineError
 from qcompile.ir.graph import Graph, Node, Value
 from qcompile.ir.ops import registry
 from qcompile.ir.ops.defs import pool as pool_defs
-from qcompile.ir.ops.defs.quant import dequantize_array
 from qcompile.ir.types import QuantParams, is_float, is_int
 from qcompile.passmanager import Pass, PassContext, register_pass
+from qcompile.quant import luts
 from qcompile.quant.intmath import INT32_MAX, INT32_MIN, QuantError, quantize_float, \
     quantize_multipliers
 from qcompile.quant.scheme import FUSABLE_ACTIVATIONS, PASS_THROUGH_OPS
@@ -294,14 +294,16 @@ class LoweringState:
 
     def clamp_range(self, q: QuantParams, act: Optional[Node]) -> tuple[int, int]:
         """The output codes an activation allows: relu [code(0), qmax], clip [code(min),
-        code(max)], quantized exactly as the fake-quant simulation quantizes its result."""
+        code(max)], each bound quantized as TFLite's CalculateActivationRangeQuantized does:
+        z_y + round_half_away(float32(bound) / float32(s_y)), saturated to [qmin, qmax]. (The
+        fake-quant simulation rounds half to even; the two differ only when bound / s_y is an
+        exact tie.)"""
         if act is None:
             return q.qmin, q.qmax
-        lo_real, hi_real = (0.0, np.inf) if act.op == "relu" else \
-            (act.attrs["min"], act.attrs["max"])
-        codes = quantize_float(np.array([lo_real, hi_real]), _f32(q.scale)[0], q.zero_point[0],
-                               q.qmin, q.qmax, "half_even")
-        return int(codes[0]), int(codes[1])
+        bounds = [0.0] if act.op == "relu" else [act.attrs["min"], act.attrs["max"]]
+        codes = quantize_float(np.array(bounds), _f32(q.scale)[0], q.zero_point[0], q.qmin,
+                               q.qmax, "half_away")
+        return int(codes[0]), int(codes[1]) if len(codes) > 1 else q.qmax
 
 
 # ---- the pass -----------------------------------------------------------------------------------
@@ -579,7 +581,10 @@ def lower_mul(graph: Graph, node: Node, state: LoweringState) -> bool:
     target, q_out, act = state.result(node)
     ai, bi = state.int_value(node.inputs[0]), state.int_value(node.inputs[1])
     _per_tensor(ai, bi)
-    real = _f32(ai.quant.scale)[0] * _f32(bi.quant.scale)[0] / _f32(q_out.scale)[0]
+    # TFLite's MUL forms s_a * s_b / s_y in float32 arithmetic (only the quotient is widened
+    # for the Q31 encoding); the double quotient encodes to another m0 for some scales.
+    sa, sb, sy = (np.float32(q.scale[0]) for q in (ai.quant, bi.quant, q_out))
+    real = float(np.float32(np.float32(sa * sb) / sy))
     (m0,), (shift,) = state.multipliers(real)
     lo, hi = state.clamp_range(q_out, act)
     y = state.emit("qmul", [ai, bi], {"multiplier": m0, "shift": shift, "rounding": state.rounding,
@@ -594,10 +599,22 @@ def lower_mul(graph: Graph, node: Node, state: LoweringState) -> bool:
 
 @lowering_rule("relu", "clip")
 def lower_relu_clip(graph: Graph, node: Node, state: LoweringState) -> bool:
-    """An activation `quantize` did not fuse: requantize onto the output grid, clamped."""
+    """An activation `quantize` did not fuse: requantize onto the output grid, clamped. After
+    an average pool on the same grid that only this activation reads, the clamp of that
+    qavg_pool2d instead (TFLite's AVERAGE_POOL_2D with a fused activation): no requantize."""
     target, q_out, _ = state.result(node)
-    xi = state.int_value(node.inputs[0])
-    y = state.rescale_to(xi, q_out, name=f"{target.name}.q", clamp=state.clamp_range(q_out, node))
+    x = node.inputs[0]
+    xi = state.int_value(x)
+    lo, hi = state.clamp_range(q_out, node)
+    pool = xi.producer
+    if (pool is not None and pool.op == "qavg_pool2d" and any(n is pool for n in state._created)
+            and not xi.users and all(u is node for u in x.users)
+            and not any(o is x for o in graph.outputs) and same_params(xi.quant, q_out)):
+        pool.attrs["clamp_min"] = max(pool.attrs["clamp_min"], lo)
+        pool.attrs["clamp_max"] = min(pool.attrs["clamp_max"], hi)
+        state.set_int(target, xi)
+        return True
+    y = state.rescale_to(xi, q_out, name=f"{target.name}.q", clamp=(lo, hi))
     state.set_int(target, y)
     return True
 
@@ -607,10 +624,17 @@ LUT_OPS = ("sigmoid", "tanh", "hardswish", "hardsigmoid", "gelu", "leaky_relu", 
            "abs", "neg")
 
 
+#: Functions whose TFLite kernel evaluates a float32 formula other than the correctly rounded
+#: value the float kernel returns; the table uses TFLite's, so it is TFLite's table.
+_TFLITE_F32 = {"sigmoid": luts.sigmoid_f32, "tanh": luts.tanh_f32}
+
+
 @lowering_rule(*LUT_OPS)
 def lower_lut(graph: Graph, node: Node, state: LoweringState) -> bool:
-    """A `lut` whose entries are quantize(f(dequantize(q))) for every input code q: the float
-    kernel and the quantize rounding of the fake-quant simulation, so the two agree exactly."""
+    """A `lut` with TFLite's table for every input code (qcompile.quant.luts): hardswish by
+    TFLite's int16 fixed-point HARD_SWISH recipe, everything else by LUTPopulate (dequantize,
+    f, multiply by 1/s_y and round half away, all in float32). The fake-quant simulation
+    rounds f(x)/s_y half to even in float64, so the two can differ by one step on a code."""
     target = node.outputs[0]
     q_out = state.params(target)
     xi = state.int_value(node.inputs[0])
@@ -619,16 +643,24 @@ def lower_lut(graph: Graph, node: Node, state: LoweringState) -> bool:
         raise CannotLower(f"a lookup table needs a per-tensor input of at most 8 bits, "
                           f"%{node.inputs[0].name} has {qx.bits}"
                           f"{' per-channel' if qx.per_channel else ''}")
-    codes = np.arange(qx.qmin, qx.qmax + 1, dtype=np.int64)
-    real = dequantize_array(codes, qx)
     kernel = registry.get(node.op).kernels["float"]
-    f = np.asarray(kernel(real, **node.attrs))
-    try:
-        table = quantize_float(f, _f32(q_out.scale)[0], q_out.zero_point[0], q_out.qmin,
-                               q_out.qmax, "half_even")
-    except QuantError as exc:
-        raise CannotLower(f"{node.op} is not finite on every input code ({exc})") from None
-    y = state.emit("lut", [xi], {"table": [int(t) for t in table], "dtype": q_out.storage_dtype},
+    fn = _TFLITE_F32.get(node.op) or (lambda v: kernel(v, **node.attrs))
+    args = (float(_f32(qx.scale)[0]), int(qx.zero_point[0]), float(_f32(q_out.scale)[0]),
+            int(q_out.zero_point[0]))
+    ranges = {"in_range": (qx.qmin, qx.qmax), "out_range": (q_out.qmin, q_out.qmax)}
+    table = None
+    if node.op == "hardswish":
+        try:
+            table = luts.hard_swish_table(*args, **ranges)
+        except QuantError as exc:  # outside TFLite's own domain: the float32 table instead
+            state.ctx.note(f"hardswish uses a float32 table, not TFLite's fixed-point recipe "
+                           f"({exc})", node)
+    if table is None:
+        try:
+            table = luts.float32_lut(fn, *args, **ranges)
+        except QuantError as exc:
+            raise CannotLower(f"{node.op} has no table: {exc}") from None
+    y = state.emit("lut", [xi], {"table": table, "dtype": q_out.storage_dtype},
                    name=f"{target.name}.q", quant=q_out)
     state.set_int(target, y)
     return True

@@ -8,9 +8,10 @@ for a positive scalar divisor) and cast of a plain integer (a 0/1 mask) to a qua
 `*_attrs` functions (tests and backends call them too); the ops' semantics live in
 `qcompile/ir/ops/defs/integer_transformer.py` and docs/integer-semantics.md.
 
-GELU: an 8-bit input has 256 codes, so the lookup table of `lower-integer` is exact with
-respect to the fake-quant simulation and is kept for it; the I-BERT polynomial (`qgelu`) is used
-for wider inputs, or for every gelu when `ctx.options["integer_gelu"] == "polynomial"`.
+GELU: an 8-bit input has 256 codes, so the lookup table of `lower-integer` (GELU evaluated per
+code, at most one step from the fake-quant simulation) is kept for it; the I-BERT polynomial
+(`qgelu`) is used for wider inputs, or for every gelu when
+`ctx.options["integer_gelu"] == "polynomial"`.
 
 `fold-attention-mask` must run before `calibrate`: HuggingFace BERT adds
 `where(mask, 0, -FLT_MAX)` to the attention scores, and a calibrated range that includes
@@ -162,7 +163,7 @@ def _dyadic(state: LoweringState) -> str:
 
 @lowering_rule("gelu")
 def lower_gelu(graph: Graph, node: Node, state: LoweringState) -> bool:
-    """A lookup table for inputs of up to 8 bits (exact w.r.t. fake-quant), else I-BERT's
+    """A lookup table for inputs of up to 8 bits (GELU per code), else I-BERT's
     i-GELU polynomial (qgelu); ctx.options["integer_gelu"] = "polynomial" forces the latter."""
     xi = _per_tensor_int(state, node.inputs[0])
     polynomial = state.ctx.options.get("integer_gelu") == "polynomial"

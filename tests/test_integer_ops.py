@@ -331,6 +331,19 @@ def test_qavg_pool2d_ties_round_half_away_from_zero():
     assert got.ravel().tolist() == [2, -4]
 
 
+def test_qavg_pool2d_clamp_is_a_fused_activation():
+    """clamp_min/clamp_max (a fused relu/relu6) clamp the rounded average; by default only the
+    storage range does."""
+    x = ints(-128, 127, 1, 2, 6, 6)
+    attrs = dict(kernel=(2, 2), stride=(2, 2))
+    full = run_int("qavg_pool2d", x, in_quant=[q8(zp=-5)], out_quant=[q8(zp=-5)], **attrs)
+    np.testing.assert_array_equal(full, ref_avg(x, -5, (2, 2), (2, 2), (0,) * 4, False, True))
+    got = run_int("qavg_pool2d", x, in_quant=[q8(zp=-5)], out_quant=[q8(zp=-5)], clamp_min=-5,
+                  clamp_max=40, **attrs)
+    np.testing.assert_array_equal(got, np.clip(full, -5, 40))
+    assert (full < -5).any() and (full > 40).any()  # both bounds were exercised
+
+
 # ---- lookup table ------------------------------------------------------------------------------
 
 def test_lut_indexes_from_qmin():
@@ -398,6 +411,8 @@ def test_quantize_and_dequantize_run_in_int_mode():
                  TensorType((2,), "f32")], {}, "bias must be i32"),
     ("qlinear", [TensorType((1, 3), "u8"), TensorType((2, 3), "i8"), None], dict(acc_bits=40),
      "acc_bits"),
+    ("qavg_pool2d", [TensorType((1, 1, 4, 4), "u8")], dict(kernel=(2, 2), clamp_min=-9,
+                                                           clamp_max=-1), "leaves no code of u8"),
     ("lut", [TensorType((3,), "i8")], dict(table=[0] * 255), "needs 256"),
     ("lut", [TensorType((3,), "i16")], dict(table=[0] * 256), "at most 8 bits"),
     ("qadd", [TensorType((3,), "i8"), TensorType((4,), "i8")],

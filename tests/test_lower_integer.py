@@ -13,10 +13,12 @@ import pytest
 import qcompile
 from qcompile.errors import PassError, PipelineError
 from qcompile.ir import Graph, QuantParams, TensorType
+from qcompile.ir.ops import registry
 from qcompile.ir.types import is_float
 from qcompile.passes import lower_integer
 from qcompile.passes.lower_integer import CannotLower, LoweringState, lowering_rule
 from qcompile.passmanager import PassContext, run_pipeline
+from qcompile.quant import luts
 from qcompile.quant.intmath import multiplier_value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,13 +160,49 @@ def single_op_graph(op, attrs=None, shape=(None, 4, 6, 6), const=None, pre=None)
 
 @pytest.mark.parametrize("op,attrs", [("sigmoid", {}), ("tanh", {}), ("hardswish", {}),
                                       ("hardsigmoid", {}), ("leaky_relu", {"alpha": 0.1})])
-def test_lookup_tables_are_bit_exact_with_fakequant(op, attrs):
+def test_lookup_tables_are_tflites_and_match_fakequant(op, attrs):
+    """The tables are TFLite's (qcompile.quant.luts: the int16 fixed-point recipe for
+    hardswish, float32 LUTPopulate with TFLite's float32 formulas otherwise). They equal the
+    fake-quant simulation except where TFLite's recipe itself rounds differently: hardswish's
+    fixed point is off by one step on a few codes."""
     g = single_op_graph(op, attrs)
     data = quantized(g)
+    qx, qy = g.value("x").quant, g.value("y").quant
     fq, out, _ = compare(g, data[0] * 3)
     table = g.outputs[0].producer.inputs[0].producer
     assert table.op == "lut" and len(table.attrs["table"]) == 256
-    np.testing.assert_array_equal(out[0], fq[0])
+    args = (float(np.float32(qx.scale[0])), qx.zero_point[0], float(np.float32(qy.scale[0])),
+            qy.zero_point[0])
+    ranges = dict(in_range=(qx.qmin, qx.qmax), out_range=(qy.qmin, qy.qmax))
+    if op == "hardswish":
+        want = luts.hard_swish_table(*args, **ranges)
+    else:
+        kernel = registry.get(op).kernels["float"]
+        fn = {"sigmoid": luts.sigmoid_f32, "tanh": luts.tanh_f32}.get(
+            op, lambda v: kernel(v, **attrs))
+        want = luts.float32_lut(fn, *args, **ranges)
+    assert list(table.attrs["table"]) == want
+    if op == "hardswish":
+        lsb_close(out[0], fq[0], qy.scale[0], lsb=1)
+        lsb_close(out[0], fq[0], qy.scale[0], lsb=0, frac=0.99)
+    else:
+        np.testing.assert_array_equal(out[0], fq[0])
+
+
+def test_hardswish_outside_tflites_domain_uses_a_float32_table():
+    """TFLite's fixed-point HARD_SWISH needs s_x / 128 <= s_y; past that the lowering notes it
+    and falls back to the float32 table of the float kernel."""
+    g = single_op_graph("hardswish")
+    quantized(g)
+    qx = g.value("x").quant
+    g.value("y").quant = QuantParams((float(qx.scale[0]) / 256,), (0,), bits=8, signed=True)
+    ctx = lower(g)
+    assert any("float32 table" in str(d) for d in ctx.diagnostics)
+    table = g.outputs[0].producer.inputs[0].producer
+    kernel = registry.get("hardswish").kernels["float"]
+    assert list(table.attrs["table"]) == luts.float32_lut(
+        kernel, float(np.float32(qx.scale[0])), qx.zero_point[0],
+        float(np.float32(qx.scale[0] / 256)), 0, in_range=(qx.qmin, qx.qmax))
 
 
 def test_prelu_with_per_channel_slopes_lowers_to_qprelu():

@@ -30,10 +30,10 @@ _FLOAT_MAX = float(np.finfo(np.float32).max)
 
 # ONNX TensorProto element types -> IR dtypes.
 _ELEM = {1: "f32", 10: "f16", 11: "f32", 7: "i64", 6: "i32", 3: "i8", 2: "u8", 5: "i16", 4: "u16",
-         9: "bool", 22: "i4", 21: "u4"}
+         9: "bool", 22: "i4", 21: "u4", 26: "i2", 25: "u2"}
 # Integer element types a QuantizeLinear/DequantizeLinear pair can store: (bits, signed).
 _QTYPES = {3: (8, True), 2: (8, False), 5: (16, True), 4: (16, False), 22: (4, True),
-           21: (4, False), 6: (32, True)}
+           21: (4, False), 26: (2, True), 25: (2, False), 6: (32, True)}
 
 
 # ---- loading ----------------------------------------------------------------------------------
@@ -153,7 +153,9 @@ def _attrs(node) -> dict:
 
 def _value_type(vi, what: str) -> TensorType:
     tt = vi.type.tensor_type
-    if tt.elem_type not in _ELEM or _ELEM[tt.elem_type] in ("i4", "u4"):
+    # 2- and 4-bit inputs (INT4/UINT4/INT2/UINT2) are fed unpacked, one code per element of
+    # the numpy dtype that holds them (int8/uint8), as every IR value of those dtypes is.
+    if tt.elem_type not in _ELEM:
         raise FrontendError(f"{what}: input {vi.name} has an element type "
                             f"({tt.elem_type}) the IR cannot hold")
     if not tt.HasField("shape"):
@@ -879,7 +881,7 @@ def _np_elem(dt) -> int:
         if dt == np.dtype(k):
             return v
     name = str(dt)
-    return 22 if name == "int4" else 21 if name == "uint4" else -1
+    return {"int4": 22, "uint4": 21, "int2": 26, "uint2": 25}.get(name, -1)
 
 
 def _axis_norm(q: QuantParams, rank: int) -> QuantParams:

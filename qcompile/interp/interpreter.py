@@ -35,6 +35,7 @@ class Interpreter:
         if mode not in MODES:
             raise InterpError(f"unknown interpreter mode {mode!r}; expected one of {', '.join(MODES)}")
         self.graph, self.mode, self.observer, self.keep_all = graph, mode, observer, keep_all
+        self._float_islands = set(graph.meta.get("integer", {}).get("float_islands", ()))
         self._plan = [(n, self._kernel_for(n), self._extra_kwargs(n)) for n in graph.nodes]
         self._last_use = self._last_uses()
         self._steps = self._compile_steps()
@@ -42,6 +43,8 @@ class Interpreter:
     def _kernel_for(self, node: Node) -> Callable:
         opdef = registry.get(node.op)
         mode = self.mode
+        if mode == "int" and node.name in self._float_islands:
+            mode = "float"  # kept float on purpose by lower-integer{float_islands=true}
         while mode is not None:
             if mode in opdef.kernels:
                 return opdef.kernels[mode]

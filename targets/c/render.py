@@ -274,6 +274,11 @@ def render_cmake(prog: CProgram, dsp: bool) -> str:
         "C_EXTENSIONS OFF)",
         f"if({opt})",
         f"  target_compile_definitions({lib} PRIVATE QC_DSP=1)",
+        "endif()",
+        "# tell a parent project the library's name",
+        "get_directory_property(qc_has_parent PARENT_DIRECTORY)",
+        "if(qc_has_parent)",
+        f"  set(QC_MODEL_LIBRARY {lib} PARENT_SCOPE)",
         "endif()", ""])
 
 

@@ -23,6 +23,9 @@ class IntGraphBuilder:
         self.g = Graph(name)
         self.rng = np.random.default_rng(seed)
         self.rounding = rounding
+        # rough standard deviation of each value's codes, so rescalings keep outputs spread
+        # over about +-30 codes instead of saturating or collapsing to a few codes
+        self.std: dict[str, float] = {}
 
     # ---- values ---------------------------------------------------------------------------
     def qparams(self, dtype: str, channels: int = 0, axis: Optional[int] = None) -> QuantParams:
@@ -36,24 +39,34 @@ class IntGraphBuilder:
         return QuantParams(scales, (0,) * n, bits, signed, axis=axis)
 
     def input(self, shape, dtype: str = "i8", name: str = "x") -> Value:
-        return self.g.add_input(name, TensorType(tuple(shape), dtype), self.qparams(dtype))
+        v = self.g.add_input(name, TensorType(tuple(shape), dtype), self.qparams(dtype))
+        self.std[v.name] = 0.29 * (1 << int_bits(dtype))  # uniform codes
+        return v
+
+    def _std(self, v: Value) -> float:
+        return self.std.get(v.name, 30.0)
 
     def random_codes(self, v: Value) -> np.ndarray:
         lo, hi = int_range(int_bits(v.dtype), is_signed(v.dtype))
         from qcompile.ir.types import numpy_dtype
         return self.rng.integers(lo, hi + 1, v.shape).astype(numpy_dtype(v.dtype))
 
-    def _node(self, op: str, inputs, attrs: dict, quant: Optional[QuantParams], name: str = ""):
+    def _node(self, op: str, inputs, attrs: dict, quant: Optional[QuantParams], name: str = "",
+              std: Optional[float] = None):
         node = self.g.add_node(op, inputs, attrs, name=name or op)
         node.output.quant = quant
+        if std is None:
+            std = getattr(self, "_pending_std", None) if op in ("qconv2d", "qlinear") else \
+                (self._std(inputs[0]) if inputs and inputs[0] is not None else 30.0)
+        self.std[node.output.name] = float(std)
         return node.output
 
     def _rounding(self) -> str:
         return self.rounding or str(self.rng.choice(ROUNDINGS))
 
     def _multipliers(self, n: int, magnitude: float, rounding: str):
-        """(m0s, shifts) scaling values of about `magnitude` to about 40."""
-        target = 40.0 / max(magnitude, 1.0)
+        """(m0s, shifts) scaling values of about `magnitude` to about 30."""
+        target = 30.0 / max(magnitude, 1.0)
         m0 = [int(v) for v in self.rng.integers(1 << 30, (1 << 31) - 1, n)]
         base = math.floor(math.log2(target)) + 1
         shifts = [int(base + self.rng.integers(-1, 1)) for _ in range(n)]
@@ -76,13 +89,14 @@ class IntGraphBuilder:
         wv = self.g.add_constant("w", w, "i8", wq)
         bv = None
         if bias:
-            bv = self.g.add_constant("b", self.rng.integers(-20000, 20000, o), "i32",
+            bv = self.g.add_constant("b", self.rng.integers(-2000, 2000, o), "i32",
                                      QuantParams((1.0,) * o, (0,) * o, 32, True, axis=0))
         kk = (k, k) if isinstance(k, int) else tuple(k)
         st = (stride, stride) if isinstance(stride, int) else tuple(stride)
         dl = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
         acc_q = QuantParams((1.0,) * o, (0,) * o, 32, True, axis=1)
-        self._last_k = (c // groups) * kk[0] * kk[1]
+        kdim = (c // groups) * kk[0] * kk[1]
+        self._pending_std = math.sqrt(kdim) * self._std(x) * 73.0 + (1155.0 if bias else 0.0)
         return self._node("qconv2d", [x, wv, bv], {"stride": st, "padding": tuple(padding),
                                                    "dilation": dl, "groups": groups,
                                                    "acc_bits": acc_bits}, acc_q, "conv")
@@ -92,9 +106,9 @@ class IntGraphBuilder:
         wv = self.g.add_constant("fc.w", self.rng.integers(-127, 128, (o, k)), "i8",
                                  QuantParams(tuple(self.rng.uniform(0.001, 0.01, o)), (0,) * o,
                                              8, True, axis=0))
-        bv = self.g.add_constant("fc.b", self.rng.integers(-20000, 20000, o), "i32",
+        bv = self.g.add_constant("fc.b", self.rng.integers(-2000, 2000, o), "i32",
                                  QuantParams((1.0,) * o, (0,) * o, 32, True, axis=0)) if bias else None
-        self._last_k = k
+        self._pending_std = math.sqrt(k) * self._std(x) * 73.0 + (1155.0 if bias else 0.0)
         return self._node("qlinear", [x, wv, bv], {"acc_bits": acc_bits},
                           QuantParams((1.0,) * o, (0,) * o, 32, True, axis=len(x.shape) - 1), "fc")
 
@@ -102,24 +116,24 @@ class IntGraphBuilder:
                 relu: bool = False, axis: int = 1, rounding: Optional[str] = None) -> Value:
         rounding = rounding or self._rounding()
         ch = acc.shape[axis] if per_channel else 1
-        mag = 74.0 * 127 * math.sqrt(getattr(self, "_last_k", 16))
-        m0, sh = self._multipliers(ch, mag, rounding)
+        m0, sh = self._multipliers(ch, self._std(acc), rounding)
         q = self.qparams(dtype)
         lo, hi = q.qmin, q.qmax
         if relu:
             lo = max(lo, q.zero_point[0])
         return self._node("requantize", [acc], {"multiplier": m0, "shift": sh, "axis": axis,
                                                 "rounding": rounding, "clamp_min": lo,
-                                                "clamp_max": hi, "dtype": dtype}, q, "rq")
+                                                "clamp_max": hi, "dtype": dtype}, q, "rq", 30.0)
 
     def rescale(self, x: Value, dtype: str = "i8") -> Value:
         """requantize of an 8-bit activation (a zero point on both sides)."""
         rounding = self._rounding()
-        m0, sh = self._multipliers(1, 40.0 * 1.3, rounding)
+        m0, sh = self._multipliers(1, self._std(x), rounding)
         q = self.qparams(dtype)
         return self._node("requantize", [x], {"multiplier": m0, "shift": sh, "axis": 1,
                                               "rounding": rounding, "clamp_min": q.qmin,
-                                              "clamp_max": q.qmax, "dtype": dtype}, q, "rescale")
+                                              "clamp_max": q.qmax, "dtype": dtype}, q, "rescale",
+                          30.0)
 
     def add(self, a: Value, b: Value, sub: bool = False, dtype: str = "i8") -> Value:
         rounding = self._rounding()
@@ -237,3 +251,58 @@ def boundary_arrays(graph: Graph, inputs, prog) -> tuple[list[np.ndarray], list[
     ins = [np.asarray(env[p.value.name]) for p in prog.inputs]
     res = [np.asarray(env[p.value.name]) for p in prog.outputs]
     return ins, res
+
+
+# ---------------------------------------------------------------------------------- real models
+
+_REAL = {}
+
+
+def lowered_model(name: str, target_name: str = "cortex-m4"):
+    """(integer graph, float test inputs) of a zoo model run through the target's default
+    pipeline (RNet with `quantize{transformer=true}`, so its softmax becomes qsoftmax).
+
+    Needs the repository's examples/ (zoo.py and its weights) and torch; raises ImportError or
+    FileNotFoundError otherwise. Cached per process: lowering takes seconds."""
+    key = (name, target_name)
+    if key in _REAL:
+        g, x = _REAL[key]
+        return g.copy(), x
+    import importlib
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from qcompile.frontend.torch_import import from_torch
+    from qcompile.passmanager import PassContext, run_pipeline
+    from qcompile.targets import get_target
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    if not (examples / "zoo.py").exists():
+        raise FileNotFoundError(f"{examples / 'zoo.py'} not found (a source checkout is needed)")
+    if str(examples) not in sys.path:
+        sys.path.insert(0, str(examples))
+    zoo = importlib.import_module("zoo")
+    if name == "digits":
+        x_tr, x_te, _, _ = zoo.digits_data()
+        model = zoo.digits_cnn()
+    elif name == "mnist":
+        x_tr, x_te, _, _ = zoo.mnist_data()
+        model = zoo.mnist_cnn()
+    elif name == "rnet":
+        model = zoo.mtcnn_rnet()
+        x_te, _ = zoo.lfw_face_data(24)
+        x_tr = x_te[np.random.default_rng(0).permutation(len(x_te))[:100]]
+    else:
+        raise ValueError(f"unknown model {name!r}: digits, mnist or rnet")
+    target = get_target(target_name)
+    g = from_torch(model, (torch.from_numpy(x_te[:2]),), dynamic_batch=True)
+    g.name = f"{name}_{'cnn' if name != 'rnet' else 'mtcnn'}"
+    pipeline = target.default_pipeline
+    if name == "rnet":
+        pipeline = pipeline.replace("quantize,", "quantize{transformer=true},")
+    calib = zoo.calibration_batches(x_tr, n=min(256, len(x_tr)))
+    run_pipeline(g, pipeline, PassContext(target=target, calibration_data=calib))
+    _REAL[key] = (g, x_te[:16].copy())
+    return g.copy(), x_te[:16].copy()

@@ -57,13 +57,32 @@ def run(cmd: Sequence[str], cwd: Optional[Path] = None, timeout: float = 300) ->
 
 # ---------------------------------------------------------------------------------- host
 
+def _kernel_object(src: Path, dsp: bool, opt: str, extra: Sequence[str]) -> Path:
+    """qc_kernels.c compiled once per content and flags: it is the same for every model, and
+    the slowest file to compile."""
+    import hashlib
+    import tempfile
+    text = (Path(src) / "qc_kernels.c").read_bytes() + (Path(src) / "qc_kernels.h").read_bytes()
+    key = hashlib.sha256(text + repr((dsp, opt, tuple(extra))).encode()).hexdigest()[:20]
+    cache = Path(tempfile.gettempdir()) / f"qc-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}"
+    cache.mkdir(exist_ok=True)
+    obj = cache / f"{key}.o"
+    if not obj.exists():
+        part = cache / f"{key}.{os.getpid()}.tmp.o"
+        run(["gcc", *WARNINGS, opt, f"-DQC_DSP={int(dsp)}", f"-I{src}", *extra, "-c",
+             Path(src) / "qc_kernels.c", "-o", part])
+        os.replace(part, obj)
+    return obj
+
+
 def host_build(src: Path, exe: Path, dsp: bool = False, opt: str = "-O2",
                extra: Sequence[str] = ()) -> Path:
     """Compile the emitted sources in `src` with the test driver into `exe` (warnings are
     errors)."""
     src = Path(src)
-    files = [src / f for f in MODEL_SOURCES] + [SUPPORT / "driver.c"]
-    run(["gcc", *WARNINGS, opt, f"-DQC_DSP={int(dsp)}", f"-I{src}", *extra, *files, "-o", exe])
+    files = [src / f for f in MODEL_SOURCES if f != "qc_kernels.c"] + [SUPPORT / "driver.c"]
+    run(["gcc", *WARNINGS, opt, f"-DQC_DSP={int(dsp)}", f"-I{src}", *extra, *files,
+         _kernel_object(src, dsp, opt, extra), "-o", exe])
     return Path(exe)
 
 

@@ -44,9 +44,6 @@ EXPECTED_OPS = {"QuantizeLinear": {"quantize"}, "DequantizeLinear": {"dequantize
 # Unsupported cases: (reason, pattern the FrontendError must match, so each fails for its reason).
 _NO_FLOAT8 = ("the IR has no float8/float4 dtype",
               r"quantization to float[48]|element type \((17|19|23)\) the IR cannot hold")
-_NARROW_IN = ("a 2/4-bit integer graph input: the ONNX importer rejects element types 21/22/25/26 "
-              "(u4/i4/u2/i2) for graph inputs although the IR has those dtypes",
-              r"element type \((21|22|25|26)\) the IR cannot hold")
 _BLOCKED = ("blocked quantization (block_size): QuantParams hold one scale per tensor or per "
             "channel of one axis, not per block", r"blocked quantization")
 _EXPANDED = ("the expansion computes the scale at run time (ReduceMin/ReduceMax/Round feeding "
@@ -58,8 +55,6 @@ UNSUPPORTED = {
     "test_dequantizelinear_e4m3fn": _NO_FLOAT8, "test_dequantizelinear_e4m3fn_float16": _NO_FLOAT8,
     "test_dequantizelinear_e4m3fn_zero_point": _NO_FLOAT8, "test_dequantizelinear_e5m2": _NO_FLOAT8,
     "test_dequantizelinear_float4e2m1": _NO_FLOAT8,
-    "test_dequantizelinear_int4": _NARROW_IN, "test_dequantizelinear_uint4": _NARROW_IN,
-    "test_dequantizelinear_int2": _NARROW_IN, "test_dequantizelinear_uint2": _NARROW_IN,
     "test_quantizelinear_blocked_asymmetric": _BLOCKED,
     "test_quantizelinear_blocked_symmetric": _BLOCKED, "test_dequantizelinear_blocked": _BLOCKED,
     "test_dynamicquantizelinear_expanded": _EXPANDED,
@@ -124,6 +119,19 @@ def _assert_exact(got: np.ndarray, ir_dtype: str, want: TensorProto, name: str) 
                             f"expected {expected.reshape(-1)[:16]}")
 
 
+# ml_dtypes' packed narrow integers (what `numpy_helper.to_array` returns for INT4/UINT4/INT2/
+# UINT2 tensors) -> the ordinary numpy dtype an IR value of that width is held in.
+_UNPACKED = {"int4": np.int8, "uint4": np.uint8, "int2": np.int8, "uint2": np.uint8}
+
+
+def _feed(t: TensorProto) -> np.ndarray:
+    """A case's input tensor as the interpreter takes it: narrow integers one code per int8/uint8
+    element (the case files pack two 4-bit or four 2-bit codes per byte)."""
+    arr = numpy_helper.to_array(t)
+    wide = _UNPACKED.get(arr.dtype.name)
+    return arr if wide is None else arr.astype(wide)
+
+
 def run_case(case_dir: Path):
     """Import one case (quantization parameters frozen) and run it; returns the graph and the
     outputs next to the expected tensors."""
@@ -131,8 +139,7 @@ def run_case(case_dir: Path):
     frozen = _frozen(model, ins)
     graph = from_onnx(freeze_inputs(model, frozen))
     graph.verify()
-    feeds = {vi.name: numpy_helper.to_array(t) for vi, t in zip(model.graph.input, ins)
-             if vi.name not in frozen}
+    feeds = {vi.name: _feed(t) for vi, t in zip(model.graph.input, ins) if vi.name not in frozen}
     got = Interpreter(graph, _interpreter_mode(graph)).run(feeds)
     return graph, model, got, outs
 

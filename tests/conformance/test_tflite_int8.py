@@ -27,7 +27,7 @@ alternative):
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -36,8 +36,12 @@ pytest.importorskip("ai_edge_litert.interpreter")
 
 import qcompile  # noqa: E402
 from qcompile import Graph, QuantParams, TensorType  # noqa: E402
-from qcompile.quant.intmath import (quantize_multiplier, quantize_multipliers, rdbpot,  # noqa: E402
+from qcompile.interp.interpreter import Interpreter  # noqa: E402
+from qcompile.ir.ops import registry  # noqa: E402
+from qcompile.passmanager import PassContext, run_pipeline  # noqa: E402
+from qcompile.quant.intmath import (quantize_multiplier, quantize_multipliers,  # noqa: E402
                                     requantize, round_half_away)
+from qcompile.quant.luts import float32_lut, hard_swish_table, sigmoid_f32, tanh_f32  # noqa: E402
 
 from .tflite_builder import (Tensor, activation_range, add_options, build_model,  # noqa: E402
                              conv2d_options, depthwise_conv2d_options, fully_connected_options,
@@ -86,29 +90,6 @@ def mul_multiplier(s_a: float, s_b: float, s_y: float) -> tuple[int, int]:
     return quantize_multiplier(float(f32(f32(s_a) * f32(s_b)) / f32(s_y)))
 
 
-def float32_lut(fn: Callable[[np.ndarray], np.ndarray], s_x: float, z_x: int, s_y: float,
-                z_y: int) -> list[int]:
-    """TFLite's 8-bit LUTPopulate, all in float32: table[q] = clamp(round_half_away(
-    fn(s_x * (q - z_x)) * (1 / s_y)) + z_y). `fn` maps float32 to float32 as libm's single
-    precision function does (computed in float64 and rounded once)."""
-    q = np.arange(-128, 128)
-    dequantized = f32(s_x) * (q - z_x).astype(np.float32)
-    transformed = fn(dequantized).astype(np.float32)
-    rescaled = round_half_away((transformed * (f32(1) / f32(s_y))).astype(np.float32))
-    return [int(v) for v in np.clip(rescaled.astype(np.int64) + z_y, -128, 127)]
-
-
-def sigmoid_f32(x: np.ndarray) -> np.ndarray:
-    """1.0f / (1.0f + expf(-x)): expf correctly rounded, then float32 add and divide."""
-    with np.errstate(over="ignore"):
-        e = np.exp(-x.astype(np.float64)).astype(np.float32)  # +inf past float32 range, as expf
-    return f32(1) / (f32(1) + e)
-
-
-def tanh_f32(x: np.ndarray) -> np.ndarray:
-    return np.tanh(x.astype(np.float64)).astype(np.float32)
-
-
 def logistic_table(s_x: float, z_x: int) -> list[int]:
     """LOGISTIC int8: output params are fixed by TFLite to scale 1/256, zero point -128."""
     return float32_lut(sigmoid_f32, s_x, z_x, 1 / 256, -128)
@@ -117,54 +98,6 @@ def logistic_table(s_x: float, z_x: int) -> list[int]:
 def tanh_table(s_x: float, z_x: int) -> list[int]:
     """TANH int8: output params are fixed by TFLite to scale 1/128, zero point 0."""
     return float32_lut(tanh_f32, s_x, z_x, 1 / 128, 0)
-
-
-_I16_MIN, _I16_MAX = -(1 << 15), (1 << 15) - 1
-
-
-def _srdhm16(a, b, rounding: bool = True) -> np.ndarray:
-    """The int16 SaturatingRoundingDoublingHighMul (rounding half up), or with rounding=False the
-    truncating SaturatingDoublingHighMul (toward zero): high 16 bits of 2*a*b."""
-    a, b = np.asarray(a, np.int64), np.asarray(b, np.int64)
-    ab = a * b
-    if rounding:
-        ab = ab + np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
-    q = np.where(ab >= 0, ab >> 15, -((-ab) >> 15))  # C division truncates
-    return np.where((a == _I16_MIN) & (b == _I16_MIN), _I16_MAX, q)
-
-
-def _q31_to_q15(m0: int) -> int:
-    """DownScaleInt32ToInt16Multiplier: round the Q31 multiplier to Q15, saturating."""
-    if m0 >= (1 << 31) - 1 - (1 << 15):
-        return _I16_MAX
-    return (m0 + (1 << 15)) >> 16
-
-
-def hard_swish_table(s_x: float, z_x: int, s_y: float, z_y: int) -> list[int]:
-    """HARD_SWISH int8 as TFLite's reference kernel computes it, in int16 fixed point, for
-    every input code. x is lifted to a 'hires' scale s_x/128; a relu-ish factor in [0, 1]
-    (x rescaled so that 3.0 maps to 32768, then moved from [-1, 1] to [0, 1]) multiplies x on
-    the pre-shift output scale; a final rounding shift lands on s_y. Multipliers are formed in
-    float32 and rounded from Q31 to Q15."""
-    hires = f32(1 / 128) * f32(s_x)
-    m_out, e_out = quantize_multiplier(float(hires / f32(s_y)))
-    m_relu, e_relu = quantize_multiplier(float(hires / f32(3 / 32768)))
-    m_out, m_relu = _q31_to_q15(m_out), _q31_to_q15(m_relu)
-    if e_out > 0:
-        raise ValueError(f"hard swish needs s_x / 128 <= s_y (got s_x={s_x}, s_y={s_y})")
-    x = (np.arange(-128, 128) - z_x) * 128
-    on_out_scale = _srdhm16(x, m_out)
-    relu = x
-    if e_relu > 0:  # saturating left shift, the last bit after the multiply
-        relu = np.clip(relu * (1 << (e_relu - 1)), _I16_MIN, _I16_MAX)
-    relu = _srdhm16(relu, m_relu)
-    if e_relu > 0:
-        relu = np.clip(relu * 2, _I16_MIN, _I16_MAX)
-    elif e_relu < 0:
-        relu = rdbpot(relu, -e_relu)
-    relu = (relu + (1 << 15)) >> 1
-    y = rdbpot(_srdhm16(relu, on_out_scale, rounding=False), -e_out) + z_y
-    return [int(v) for v in np.clip(y, -128, 127)]
 
 
 # =========================================================================== qcompile graphs
@@ -204,6 +137,43 @@ def _mac_graph(op: str, x_shape, q_x, w, q_w, bias, attrs, acc_axis: int, q_y, m
 def _run_int(g: Graph, inputs: Sequence[np.ndarray]) -> np.ndarray:
     (y,) = qcompile.run(g, list(inputs), mode="int")
     return np.asarray(y).astype(np.int64)
+
+
+_ACT_NODES = {"relu": ("relu", {}), "relu6": ("clip", {"min": 0.0, "max": 6.0})}
+
+
+def _lowered_graph(op: str, attrs: dict, inputs: Sequence[tuple], q_y: QuantParams,
+                   act: str = "none", fused: bool = True) -> Graph:
+    """The float graph op(inputs) [-> relu/relu6] with QuantParams on its values as `quantize`
+    leaves them (a fused activation's producer has none), lowered by `lower-integer`: the
+    integer constants are the pass's, not this file's. `inputs` are (shape, QuantParams)."""
+    g = Graph("lowered")
+    xs = [g.add_input(f"x{i}", TensorType(shape), q) for i, (shape, q) in enumerate(inputs)]
+    y = g.add_node(op, xs, attrs, name="y").output
+    y.quant = q_y
+    if act != "none":
+        if fused:
+            y.quant = None
+        act_op, act_attrs = _ACT_NODES[act]
+        y = g.add_node(act_op, [y], act_attrs, name="act").output
+        y.quant = q_y
+    g.outputs = [y]
+    run_pipeline(g, "lower-integer", PassContext(verify=True))
+    return g
+
+
+def _run_lowered(g: Graph, codes: Sequence[np.ndarray]) -> np.ndarray:
+    """Run a lowered graph on integer codes: each input is fed as its dequantized value
+    (which its `quantize` node maps back to the same code) and the output is read as the
+    integer value its `dequantize` reads."""
+    quantized = {n.inputs[0].name: n.output.quant for n in g.nodes if n.op == "quantize"}
+    feeds = [(c.astype(np.float32) - np.float32(q.zero_point[0])) * np.float32(q.scale[0])
+             for c, q in zip(codes, (quantized[v.name] for v in g.inputs))]
+    interp = Interpreter(g, "int", keep_all=True)
+    interp.run(feeds)
+    (out,) = g.outputs
+    assert out.producer.op == "dequantize"
+    return np.asarray(interp.values[out.producer.inputs[0].name]).astype(np.int64)
 
 
 class Tally:
@@ -525,7 +495,7 @@ def _binary_graph(op: str, a_shape, q_a, b_shape, q_b, attrs, q_y) -> Graph:
     return g
 
 
-def _binary_case(rng, op: str, a=None, b=None, params=None):
+def _binary_case(rng, op: str, a=None, b=None, params=None, lowered: bool = False):
     if a is None:
         a_shape, b_shape, y_shape = _broadcast_shapes(rng)
         a = rng.integers(-128, 128, a_shape, dtype=np.int8)
@@ -543,6 +513,12 @@ def _binary_case(rng, op: str, a=None, b=None, params=None):
     model = build_model(op, [Tensor("a", a.shape, "int8", s_a, z_a), Tensor("b", b.shape, "int8", s_b, z_b)],
                         [Tensor("y", y_shape, "int8", s_y, z_y)], opts)
     ref = run_reference(model, [a, b])[0]
+    ctx = f"a {a.shape} b {b.shape} params {params}"
+    if lowered:
+        g = _lowered_graph(op.lower(), {}, [(a.shape, qp(s_a, z_a)), (b.shape, qp(s_b, z_b))],
+                           qp(s_y, z_y), act)
+        assert g.op_counts()["q" + op.lower()] == 1 and "requantize" not in g.op_counts()
+        return _run_lowered(g, [a, b]), ref, ctx
     lo, hi = activation_range(act, s_y, z_y)
     if op == "ADD":
         attrs = add_attrs(s_a, s_b, s_y)
@@ -552,7 +528,7 @@ def _binary_case(rng, op: str, a=None, b=None, params=None):
         attrs, qop = {"multiplier": m0, "shift": shift}, "qmul"
     g = _binary_graph(qop, a.shape, qp(s_a, z_a), b.shape, qp(s_b, z_b),
                       {**attrs, "clamp_min": lo, "clamp_max": hi}, qp(s_y, z_y))
-    return _run_int(g, [a, b]), ref, f"a {a.shape} b {b.shape} params {params}"
+    return _run_int(g, [a, b]), ref, ctx
 
 
 @pytest.mark.parametrize("op", ["ADD", "MUL"])
@@ -566,6 +542,17 @@ def test_add_mul_match_tflite(op):
 
 _ALL_PAIRS = (np.repeat(np.arange(-128, 128, dtype=np.int8), 256),
               np.tile(np.arange(-128, 128, dtype=np.int8), 256))
+
+
+@pytest.mark.parametrize("op", ["ADD", "MUL"])
+def test_lowered_add_mul_match_tflite(op):
+    """lower-integer's own qadd/qmul constants (multipliers, fused relu/relu6 clamps) from a
+    float ADD/MUL graph with the model's scales: every input pair, random parameter sets."""
+    rng = np.random.default_rng(43 if op == "ADD" else 44)
+    tally = Tally(op + " lowered")
+    for _ in range(30):
+        tally.add(*_binary_case(rng, op, *_ALL_PAIRS, lowered=True))
+    tally.assert_exact()
 
 
 @pytest.mark.parametrize("op", ["ADD", "MUL"])
@@ -594,6 +581,9 @@ def test_mul_multiplier_is_formed_in_float32(params):
     a, b = _ALL_PAIRS
     ours, ref, ctx = _binary_case(None, "MUL", a, b, (s_a, s_b, s_y, z_a, z_b, 0, "none"))
     assert np.array_equal(ours, ref.astype(np.int64)), ctx
+    lowered, _, _ = _binary_case(None, "MUL", a, b, (s_a, s_b, s_y, z_a, z_b, 0, "none"),
+                                 lowered=True)
+    assert np.array_equal(lowered, ref.astype(np.int64)), ctx
     m_double = quantize_multiplier(float(np.float64(f32(s_a)) * np.float64(f32(s_b)) / np.float64(f32(s_y))))
     prod = (a.astype(np.int64) - z_a) * (b.astype(np.int64) - z_b)
     alt = np.clip(requantize(prod, *m_double), -128, 127)
@@ -622,29 +612,37 @@ def _avg_pool_case(rng):
 
     g = Graph("conformance")
     xv = g.add_input("x", TensorType((n, c, h, w), "i8"), qp(s, z))
+    lo, hi = activation_range(act, s, z)  # a fused RELU/RELU6 is qavg_pool2d's clamp
     pooled = g.add_node("qavg_pool2d", [xv], {"kernel": k, "stride": stride, "padding": pads,
-                                              "ceil_mode": False, "count_include_pad": False},
+                                              "ceil_mode": False, "count_include_pad": False,
+                                              "clamp_min": lo, "clamp_max": hi},
                         name="pool").output
     pooled.quant = qp(s, z)
-    # A fused RELU/RELU6 is a clamp; qavg_pool2d has none, so an identity requantize carries it
-    # (M = 1 as m0 = 2**30, shift 1: exact under gemmlowp_double).
-    lo, hi = activation_range(act, s, z)
-    g.outputs = [pooled if act == "none" else
-                 _requant_node(g, pooled, [1 << 30], [1], 1, (lo, hi), qp(s, z))]
+    g.outputs = [pooled]
     g.verify()
     ours = _run_int(g, [_nhwc_to_nchw(x)]).transpose(0, 2, 3, 1)
-    return ours, ref, f"x {x.shape} k {k} stride {stride} {pad} {act} z {z}", pads
+    ctx = f"x {x.shape} k {k} stride {stride} {pad} {act} z {z}"
+    # The same layer lowered from a float avg_pool2d [-> relu/relu6] on one grid: the
+    # activation becomes qavg_pool2d's clamp, with no requantize.
+    lg = _lowered_graph("avg_pool2d", {"kernel": k, "stride": stride, "padding": pads,
+                                       "count_include_pad": False},
+                        [((n, c, h, w), qp(s, z))], qp(s, z), act, fused=False)
+    assert set(lg.op_counts()) == {"quantize", "qavg_pool2d", "dequantize"}, lg.op_counts()
+    lowered = _run_lowered(lg, [_nhwc_to_nchw(x)]).transpose(0, 2, 3, 1)
+    return ours, lowered, ref, ctx, pads
 
 
 def test_average_pool_matches_tflite():
     rng = np.random.default_rng(51)
-    tally = Tally("AVERAGE_POOL_2D")
+    tally, lowered = Tally("AVERAGE_POOL_2D"), Tally("AVERAGE_POOL_2D lowered")
     padded = 0
     for _ in range(N_CASES):
-        ours, ref, ctx, pads = _avg_pool_case(rng)
+        ours, ours_lowered, ref, ctx, pads = _avg_pool_case(rng)
         tally.add(ours, ref, ctx)
+        lowered.add(ours_lowered, ref, ctx)
         padded += any(pads)
     tally.assert_exact()
+    lowered.assert_exact()
     assert padded >= 40  # SAME padding with windows that clip at the border was exercised
 
 
@@ -671,17 +669,24 @@ def _lut_case(rng, op: str):
     node.output.quant = qp(s_y, z_y)
     g.outputs = [node.output]
     g.verify()
-    return _run_int(g, [x]), ref, f"shape {shape} s_x {s_x} z_x {z_x} s_y {s_y} z_y {z_y}", table
+    lg = _lowered_graph({"LOGISTIC": "sigmoid", "TANH": "tanh", "HARD_SWISH": "hardswish"}[op], {},
+                        [(shape, qp(s_x, z_x))], qp(s_y, z_y))
+    (lut,) = lg.find("lut")
+    assert list(lut.attrs["table"]) == table  # lower-integer builds TFLite's table
+    return (_run_int(g, [x]), _run_lowered(lg, [x]), ref,
+            f"shape {shape} s_x {s_x} z_x {z_x} s_y {s_y} z_y {z_y}", table)
 
 
 @pytest.mark.parametrize("op", ["LOGISTIC", "TANH", "HARD_SWISH"])
 def test_lut_activations_match_tflite(op):
     rng = np.random.default_rng({"LOGISTIC": 61, "TANH": 62, "HARD_SWISH": 63}[op])
-    tally = Tally(op)
+    tally, lowered = Tally(op), Tally(op + " lowered")
     for _ in range(N_CASES):
-        ours, ref, ctx, _ = _lut_case(rng, op)
+        ours, ours_lowered, ref, ctx, _ = _lut_case(rng, op)
         tally.add(ours, ref, ctx)
+        lowered.add(ours_lowered, ref, ctx)
     tally.assert_exact()
+    lowered.assert_exact()
 
 
 def test_lut_tables_match_tflite_on_every_code():
@@ -695,6 +700,38 @@ def test_lut_tables_match_tflite_on_every_code():
             model = build_model(op, [Tensor("x", (256,), "int8", s_x, z_x)],
                                 [Tensor("y", (256,), "int8", s_y, z_y)])
             assert run_reference(model, [codes])[0].tolist() == table_fn(s_x, z_x), (op, s_x, z_x)
+
+
+# (s_x, z_x) where TFLite's float32 logistic, 1.0f / (1.0f + expf(-x)), and the correctly
+# rounded sigmoid of qcompile's float kernel give a different table entry (a seeded search).
+_LOGISTIC_F32_WITNESSES = [(0.008294896222651005, -83), (0.0013463859213516116, 67),
+                           (0.23666846752166748, -5), (0.01077361311763525, -15)]
+
+
+@pytest.mark.parametrize("s_x,z_x", _LOGISTIC_F32_WITNESSES)
+def test_lowered_logistic_uses_tflites_float32_formula(s_x, z_x):
+    codes = np.arange(-128, 128, dtype=np.int8)
+    model = build_model("LOGISTIC", [Tensor("x", (256,), "int8", s_x, z_x)],
+                        [Tensor("y", (256,), "int8", 1 / 256, -128)])
+    ref = run_reference(model, [codes])[0].astype(np.int64)
+    g = _lowered_graph("sigmoid", {}, [((256,), qp(s_x, z_x))], qp(1 / 256, -128))
+    assert np.array_equal(_run_lowered(g, [codes]), ref)
+    kernel = registry.get("sigmoid").kernels["float"]
+    assert float32_lut(kernel, s_x, z_x, 1 / 256, -128) != ref.tolist(), \
+        "this witness no longer tells TFLite's float32 logistic from the correctly rounded one"
+
+
+@pytest.mark.parametrize("op", ["ADD", "MUL"])
+def test_lowered_relu6_bound_rounds_half_away(op):
+    """s_y = 0.48: float32(6) / float32(0.48) is exactly 12.5, a tie that TFLite rounds away
+    from zero (clamp_max z_y + 13); half to even would give z_y + 12."""
+    s_y, z_y = 0.48, -20
+    assert f32(6) / f32(s_y) == f32(12.5)
+    a, b = _ALL_PAIRS
+    ours, ref, ctx = _binary_case(None, op, a, b, (0.05, 0.05, s_y, 0, 0, z_y, "relu6"),
+                                  lowered=True)
+    assert np.array_equal(ours, ref.astype(np.int64)), ctx
+    assert ref.max() == z_y + 13
 
 
 def test_hard_swish_float_table_is_not_tflite():

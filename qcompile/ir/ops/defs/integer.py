@@ -23,8 +23,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ....errors import OpError
-from ....quant.intmath import (REQUANT_ROUNDINGS, IntegerOverflowError, requantize,
-                               round_half_away, shift_requantize)
+from ....quant.intmath import (INT32_MAX, INT32_MIN, REQUANT_ROUNDINGS, IntegerOverflowError,
+                               requantize, round_half_away, shift_requantize)
 from ...types import TensorType, int_bits, int_range, is_signed, numpy_dtype
 from ..registry import AttrSpec, OpDef, register_op
 from . import nn, pool, quant, shape
@@ -426,24 +426,40 @@ def _qprelu(x, slope, *, pos_multiplier, pos_shift, neg_multiplier, neg_shift, a
 
 # ---- average pooling ----------------------------------------------------------------------------
 
-@register_op("qavg_pool2d", attrs=dict(pool.avg_pool2d.attrs), traits=("quant_aware",))
-def qavg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad):
+# qavg_pool2d's clamp is optional: the defaults (the int32 range) leave only the saturation to
+# the storage range, so a pool without a fused activation needs no clamp attributes.
+_POOL_CLAMP = {"clamp_min": AttrSpec("int", INT32_MIN, doc="lowest output code (a fused "
+                                     "relu/relu6 raises it); the default clamps nothing"),
+               "clamp_max": AttrSpec("int", INT32_MAX, doc="highest output code (a fused relu6 "
+                                     "lowers it); the default clamps nothing")}
+
+
+@register_op("qavg_pool2d", attrs={**pool.avg_pool2d.attrs, **_POOL_CLAMP},
+             traits=("quant_aware",))
+def qavg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, clamp_min,
+                clamp_max):
     """TFLite int8 AVERAGE_POOL: integer window sum / count, rounded half away from zero.
 
     Sums the stored codes q (not q - zx) of each window; with count_include_pad, padding taps
     hold zx and count; ceil_mode overrun never counts. The divisor follows avg_pool2d. The
     input and output share QuantParams (a requantize follows when they differ); a global
-    average pool is qavg_pool2d with the kernel equal to H x W.
+    average pool is qavg_pool2d with the kernel equal to H x W. The average is clamped to
+    [max(qmin, clamp_min), min(qmax, clamp_max)]: a fused RELU/RELU6 is that clamp, as in
+    TFLite, with no requantize.
     """
     _require_int("qavg_pool2d", x, "input x")
+    lo, hi = int_range(int_bits(x.dtype), is_signed(x.dtype))
+    if max(lo, clamp_min) > min(hi, clamp_max):
+        fail("qavg_pool2d", f"clamp [{clamp_min}, {clamp_max}] leaves no code of {x.dtype} "
+                            f"[{lo}, {hi}]")
     out = _delegate("qavg_pool2d", pool.avg_pool2d, (x,), kernel=kernel, stride=stride,
                     padding=padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
     return out.with_dtype(x.dtype)
 
 
 @_both(qavg_pool2d)
-def _qavg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, in_quant=None,
-                 out_quant=None):
+def _qavg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, clamp_min,
+                 clamp_max, in_quant=None, out_quant=None):
     q = _params(in_quant, 0, "qavg_pool2d", "input")
     stride = pool._stride(kernel, stride)
     oh, ow = pool._out_hw(x.shape, kernel, stride, padding, (1, 1), ceil_mode)
@@ -469,7 +485,7 @@ def _qavg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, in
     if total.size and np.abs(total).max() >= 2 ** 31:
         raise IntegerOverflowError("qavg_pool2d: a window sum leaves int32")
     avg = round_half_away(total.astype(np.float64) / count).astype(np.int64)
-    lo, hi = q.qmin, q.qmax
+    lo, hi = max(q.qmin, clamp_min), min(q.qmax, clamp_max)
     return np.clip(avg, lo, hi).astype(x.dtype)
 
 

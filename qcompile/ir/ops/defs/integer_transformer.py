@@ -16,12 +16,10 @@ Like the ops of `integer.py`, each op's kernel serves the "int" and the "float" 
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ....quant.intmath import INT32_MAX, INT32_MIN, IntegerOverflowError, rdbpot
-from ...types import TensorType, int_bits, is_signed
+from ...types import TensorType, int_bits, int_range, is_signed
 from ..registry import AttrSpec, register_op
 from . import reduce, shape
 from .common import broadcast_shapes, fail, fmt, is_int, norm_axes, norm_axis, require_float
@@ -142,6 +140,7 @@ def qsoftmax(x, mask=None, *, axis, in_multiplier, in_shift, frac_bits, exp_b, e
     z = (r + exp_b)**2 + exp_c; e = z >> min(p, 31); masked positions e = 0. The output, on the
     fixed grid 2**-k of the output scale (1/256 for 8 bits), is
     floor((e * 2**(k+1) + S) / (2 S)) with S = sum(e) (e 2**k / S rounded half up), + zy, clamped.
+    A slice with no unmasked position is uniform (as masked_softmax).
     """
     _require_int("qsoftmax", x, "input x")
     if mask is not None:
@@ -163,8 +162,7 @@ def qsoftmax(x, mask=None, *, axis, in_multiplier, in_shift, frac_bits, exp_b, e
 
 
 def _dtype_range(dtype: str) -> tuple[int, int]:
-    bits = int_bits(dtype)
-    return (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if is_signed(dtype) else (0, (1 << bits) - 1)
+    return int_range(int_bits(dtype), is_signed(dtype))
 
 
 @_both(qsoftmax)
@@ -177,8 +175,8 @@ def _qsoftmax(x, mask=None, *, axis, in_multiplier, in_shift, frac_bits, exp_b, 
     if mask is not None:
         m, empty = _effective_mask(mask, q.shape, axis)
         q = np.where(empty, 0, q)  # a fully masked slice is uniform, as in masked_softmax
-    qmax = np.where(m, q, np.iinfo(np.int64).min) if m is not None else q
-    d = q - qmax.max(axis=axis, keepdims=True)
+    live = np.where(m, q, np.iinfo(np.int64).min) if m is not None else q
+    d = q - live.max(axis=axis, keepdims=True)
     d = np.where(m, d, 0) if m is not None else d  # masked entries are dropped below
     t = _rescale(d, in_multiplier, in_shift, rounding)
     u = -t

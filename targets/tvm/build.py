@@ -1,0 +1,217 @@
+"""Compile an integer graph with TVM, export it, and load it back.
+
+    mod = build(graph, {"kind": "llvm"})           # a TVMModule: mod(x) -> [outputs]
+    files = export(mod, out_dir)                   # model.so, model.params, model.json
+    run = load(out_dir)                            # the same callable, from the files
+
+What is written:
+  model.so      the Relax VM executable and its kernels (`ex.export_library`); for a target
+                this machine cannot link for (another CPU triple without a cross compiler),
+                model.o, the kernels' object file, instead;
+  model.params  the weights and constant tables (`tvm.runtime.save_param_dict`), passed to
+                `main` after the inputs, in the order model.json lists them;
+  model.json    inputs, outputs (names, shapes, dtypes), the parameter order, the TVM target.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+import tvm
+from tvm import relax
+
+from qcompile.ir.graph import Graph
+
+from .lower import TVMBackendError, lower_graph, tvm_dtype
+from .target import TargetSpec, is_cross, is_gpu, make_target
+
+FILES_HOST = ("model.so", "model.params", "model.json")
+FILES_CROSS = ("model.o", "model.params", "model.json")
+
+
+@dataclass
+class TVMModule:
+    """A compiled graph: the VM executable, its parameters, and how to call it."""
+
+    executable: object
+    params: dict
+    meta: dict
+    target: object
+    _vm: object = field(default=None, repr=False)
+    _dev_params: list = field(default_factory=list, repr=False)
+
+    @property
+    def source(self) -> Optional[str]:
+        """The generated device source (CUDA C) for a GPU target."""
+        for m in self.executable.mod.imports:
+            if m.kind in ("cuda", "rocm", "metal", "opencl", "vulkan"):
+                return m.inspect_source()
+        return None
+
+    def device(self):
+        return tvm.device(self.target.kind.name, 0)
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        if self._vm is None:
+            if is_cross(self.target):
+                raise TVMBackendError(f"a module for {self.meta['target']} cannot run here")
+            dev = self.device()
+            self._vm = relax.VirtualMachine(self.executable, dev)
+            self._dev_params = [tvm.runtime.tensor(self.params[n], dev)
+                                for n in self.meta["params"]]
+        return run_vm(self._vm, self.device(), self.meta, self._dev_params, inputs)
+
+
+def run_vm(vm, dev, meta: dict, params: list, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    want = meta["inputs"]
+    if len(inputs) != len(want):
+        raise TVMBackendError(f"the model takes {len(want)} inputs "
+                              f"({', '.join(i['name'] for i in want)}), got {len(inputs)}")
+    args = []
+    for spec, x in zip(want, inputs):
+        x = np.asarray(x)
+        if tuple(x.shape) != tuple(spec["shape"]):
+            raise TVMBackendError(f"input {spec['name']}: expected shape {tuple(spec['shape'])} "
+                                  f"(the module was built for batch {meta['batch']}), got "
+                                  f"{x.shape}")
+        if x.dtype != np.dtype(spec["dtype"]):
+            if np.issubdtype(np.dtype(spec["dtype"]), np.floating):
+                x = x.astype(spec["dtype"])
+            else:
+                raise TVMBackendError(f"input {spec['name']}: expected dtype {spec['dtype']}, "
+                                      f"got {x.dtype}")
+        args.append(tvm.runtime.tensor(np.ascontiguousarray(x), dev))
+    out = vm["main"](*args, *params)
+    outs = list(out) if len(meta["outputs"]) > 1 else [out]
+    return [o.numpy() for o in outs]
+
+
+# ---------------------------------------------------------------------------------- build
+
+def _schedule_for(target, schedule: bool):
+    if not schedule or is_gpu(target):
+        return None
+    from .schedules import cpu_scheduler
+    return cpu_scheduler(target)
+
+
+def build(graph: Graph, target: TargetSpec = None, batch: int = 1,
+          schedule: bool = True) -> TVMModule:
+    """Lower `graph` to Relax, schedule it, and compile it for `target` (default: this host's
+    CPU). `batch` fixes the graph's dynamic batch dimension. `schedule=False` keeps TVM's
+    default (plain loop) kernels on the CPU, which is slow but shows what scheduling adds."""
+    tgt = make_target(target)
+    mod, params = lower_graph(graph, batch, _schedule_for(tgt, schedule))
+    if is_gpu(tgt):
+        mod = _gpu_schedule(mod, tgt)
+    try:
+        ex = tvm.compile(mod, target=tgt)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
+        raise TVMBackendError(f"TVM could not compile graph @{graph.name} for target "
+                              f"{json.dumps(dict(_spec_of(tgt)))}: {first}") from exc
+    meta = _meta(graph, batch, params, tgt)
+    return TVMModule(ex, params, meta, tgt)
+
+
+def _gpu_schedule(mod, tgt):
+    """Thread bindings for every kernel from dlight's default GPU rules."""
+    from tvm.s_tir import dlight as dl
+    mod = relax.transform.LegalizeOps()(mod)
+    with tgt:
+        return dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+
+
+def _spec_of(tgt) -> dict:
+    keep = ("kind", "mcpu", "mtriple", "mattr", "arch")
+    d = {"kind": tgt.kind.name}
+    for k in keep[1:]:
+        v = tgt.attrs.get(k)
+        if v is not None:
+            d[k] = [str(x) for x in v] if not isinstance(v, str) and hasattr(v, "__len__") \
+                and not hasattr(v, "capitalize") else str(v)
+    return d
+
+
+def _meta(graph: Graph, batch: int, params: dict, tgt) -> dict:
+    from .lower import static_shapes
+    shapes = static_shapes(graph, batch)
+
+    def port(v):
+        q = v.quant
+        return {"name": v.name, "shape": list(shapes[v.name]), "dtype": tvm_dtype(v.dtype),
+                "scale": list(q.scale) if q else None,
+                "zero_point": list(q.zero_point) if q else None}
+    return {"format": "qcompile-tvm/1", "graph": graph.name, "batch": batch,
+            "target": _spec_of(tgt),
+            "inputs": [port(v) for v in graph.inputs],
+            "outputs": [port(v) for v in graph.outputs],
+            "params": list(params)}
+
+
+# ---------------------------------------------------------------------------------- files
+
+def export(module: TVMModule, out_dir) -> list[str]:
+    """Write the module's files into `out_dir`; returns their names (stable order)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_cross(module.target):
+        files = list(FILES_CROSS)
+        _write_object(module, out / "model.o")
+    else:
+        files = list(FILES_HOST)
+        module.executable.export_library(str(out / "model.so"))
+    params = {n: tvm.runtime.tensor(module.params[n]) for n in module.meta["params"]}
+    (out / "model.params").write_bytes(bytes(tvm.runtime.save_param_dict(params)))
+    (out / "model.json").write_text(json.dumps(module.meta, indent=1, sort_keys=True) + "\n")
+    return files
+
+
+def _write_object(module: TVMModule, path: Path) -> None:
+    """The kernels of a cross-compiled module as one object file (no linker for that CPU)."""
+    lib = module.executable.mod
+    for m in [lib, *lib.imports]:
+        if m.kind == "llvm":
+            m.write_to_file(str(path))
+            return
+    raise TVMBackendError(f"no LLVM module to write for target {module.meta['target']}")
+
+
+def load(path, device: Optional[str] = None) -> "LoadedModel":
+    """The model in folder `path` (as `export` wrote it) as a callable: model(x) -> [outputs]."""
+    folder = Path(path)
+    meta_file = folder / "model.json"
+    if not meta_file.exists():
+        raise TVMBackendError(f"{meta_file} is missing: {folder} is not a TVM backend output")
+    meta = json.loads(meta_file.read_text())
+    lib_file = folder / "model.so"
+    if not lib_file.exists():
+        raise TVMBackendError(f"{lib_file} is missing (a cross-compiled output holds model.o, "
+                              f"which must be linked for its CPU first)")
+    lib = tvm.runtime.load_module(str(lib_file))
+    dev = tvm.device(device or meta["target"]["kind"], 0)
+    vm = relax.VirtualMachine(lib, dev)
+    blob = tvm.runtime.load_param_dict((folder / "model.params").read_bytes())
+    params = [tvm.runtime.tensor(blob[n].numpy(), dev) for n in meta["params"]]
+    return LoadedModel(vm, dev, meta, params)
+
+
+@dataclass
+class LoadedModel:
+    vm: object
+    dev: object
+    meta: dict
+    params: list
+
+    def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        return run_vm(self.vm, self.dev, self.meta, self.params, inputs)
+
+
+def have_nvcc() -> bool:
+    return shutil.which("nvcc") is not None

@@ -1,0 +1,561 @@
+"""Per-op lowerings: each builds the TE computation of one integer op (see lower.py).
+
+Every formula mirrors the op's "int" kernel in qcompile/ir/ops/defs/integer.py; the integer
+primitives come from arith.py. Kernel stage names ("pad", "acc", "out") are what the CPU
+schedules in schedules.py look for.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from tvm import relax, te, topi
+from tvm import tirx as tir
+
+from qcompile.ir.graph import Node, Value
+from qcompile.ir.ops.defs import pool as pool_defs
+from qcompile.ir.types import int_bits, int_range, is_signed
+
+from . import arith
+from .arith import I64, i64
+from .lower import Kernel, Lowering, TVMBackendError, at, tvm_dtype, tvm_op
+
+INT32_LO, INT32_HI = -(1 << 31), (1 << 31) - 1
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def _requant_epilogue(low: Lowering, k: Kernel, rq: Node, rank: int):
+    """fn(acc int64 expr, index tuple) -> stored output: requantize `rq` applied to `acc`."""
+    a = rq.attrs
+    axis = a["axis"] % rank
+    m = k.table("multiplier", a["multiplier"])
+    s = k.table("shift", a["shift"])
+    q_in = rq.inputs[0].quant
+    if q_in is None:
+        raise TVMBackendError(f"node %{rq.name} (requantize): input %{rq.inputs[0].name} has "
+                              f"no QuantParams")
+    zx = k.table("zx", q_in.zero_point)
+    zx_axis = (q_in.axis or 0) % rank
+    zy = low.zero_point(rq.output, rq)
+    rounding, lo, hi = a["rounding"], a["clamp_min"], a["clamp_max"]
+    dtype = tvm_dtype(a["dtype"])
+
+    def epilogue(acc, idx):
+        x = acc - at(zx, idx[zx_axis]) if not (isinstance(zx, int) and zx == 0) else acc
+        y = arith.requantize(x, at(m, idx[axis]), at(s, idx[axis]), rounding) + i64(zy)
+        return arith.clamp_cast(y, lo, hi, dtype)
+    return epilogue
+
+
+def _mac_finish(acc, acc_bits: int, wide: bool):
+    """The accumulator as the op stores it: wrapped to acc_bits (two's complement), int64."""
+    acc = i64(acc)
+    if acc_bits < 32 or wide:
+        return arith.wrap(acc, acc_bits)
+    return acc
+
+
+def _centred_weight(node: Node, w: Value, axis: int = 0) -> np.ndarray:
+    """w - zw (per output channel) as int64, from a constant weight."""
+    if not w.is_constant or w.data is None:
+        raise TVMBackendError(f"node %{node.name} ({node.op}): weight %{w.name} must be a "
+                              f"constant with data")
+    if w.quant is None:
+        raise TVMBackendError(f"node %{node.name} ({node.op}): weight %{w.name} has no "
+                              f"QuantParams")
+    return np.asarray(w.data).astype(np.int64) - w.quant.zero_point_array(w.data.ndim)
+
+
+def _narrowest(arr: np.ndarray) -> str:
+    for dt in ("int8", "int16", "int32"):
+        info = np.iinfo(dt)
+        if not arr.size or (arr.min() >= info.min and arr.max() <= info.max):
+            return dt
+    raise TVMBackendError("a centred weight does not fit int32")
+
+
+def _bias_term(node: Node, bias: Optional[Value], n: int) -> np.ndarray:
+    if bias is None:
+        return np.zeros(n, dtype=np.int64)
+    if not bias.is_constant or bias.data is None:
+        raise TVMBackendError(f"node %{node.name} ({node.op}): bias %{bias.name} must be a "
+                              f"constant with data")
+    b = np.asarray(bias.data).astype(np.int64).reshape(-1)
+    if bias.quant is not None:
+        b = b - np.asarray(bias.quant.zero_point, dtype=np.int64).reshape(-1)
+    return np.broadcast_to(b, (n,)).copy()
+
+
+def _act_range(v: Value) -> int:
+    """The largest |code| a value of this dtype can hold."""
+    lo, hi = int_range(int_bits(v.dtype), is_signed(v.dtype))
+    return max(abs(lo), abs(hi))
+
+
+def _fits32(bound: int) -> bool:
+    return bound <= INT32_HI
+
+
+def _broadcast_index(shape: tuple, out_rank: int):
+    """Index map from an output index to an input of `shape` (numpy broadcasting)."""
+    pad = out_rank - len(shape)
+
+    def index(idx):
+        return tuple(0 if d == 1 else idx[pad + i] for i, d in enumerate(shape))
+    return index
+
+
+# ---------------------------------------------------------------------------------- MACs
+
+@tvm_op("qconv2d")
+def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
+    x, w, bias = node.inputs[0], node.inputs[1], node.input(2)
+    a = node.attrs
+    n_, c, h, wd = low.shape(x)
+    o, cg, kh, kw = low.shape(w)
+    out_shape = low.shape(node.output)
+    _, _, oh, ow = out_shape
+    groups = a["groups"]
+    sh, sw = a["stride"]
+    dh, dw = a["dilation"]
+    top, left, bottom, right = a["padding"]
+    zx = low.zero_point(x, node)
+    wc = _centred_weight(node, w)
+    # sum (x - zx)(w - zw) + b == sum x (w - zw) + (b - zx sum(w - zw)), and padding taps hold
+    # zx, so they contribute zx (w - zw) to the first sum and cancel in the constant.
+    const = _bias_term(node, bias, o) - zx * wc.reshape(o, -1).sum(axis=1)
+    bound = _act_range(x) * int(np.abs(wc).reshape(o, -1).sum(axis=1).max(initial=0)) + \
+        int(np.abs(const).max(initial=0))
+    wide = not _fits32(bound)
+    acc_dt = "int64" if wide else "int32"
+
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    xt = k.value(x, "x")
+    wdt = _narrowest(wc)
+    wt = k.input(low.param(f"{w.name}.centred", wc.astype(wdt)), wc.shape, wdt, "w")
+    ct = k.input(low.param(f"{node.name}.const", const.astype(acc_dt)), (o,), acc_dt, "c")
+    xdt = tvm_dtype(x.dtype)
+    hp, wp = h + top + bottom, wd + left + right
+    if top or left or bottom or right:
+        pad = te.compute(
+            (n_, c, hp, wp),
+            lambda b, ch, i, j: tir.if_then_else(
+                tir.all(i >= top, i < top + h, j >= left, j < left + wd),
+                xt[b, ch, i - top, j - left], tir.const(zx, xdt)), name="pad")
+    else:
+        pad = xt
+    opg = o // groups
+    ric = te.reduce_axis((0, cg), "ric")
+    rkh = te.reduce_axis((0, kh), "rkh")
+    rkw = te.reduce_axis((0, kw), "rkw")
+    acc = te.compute(
+        (n_, o, oh, ow),
+        lambda b, oc, i, j: te.sum(
+            pad[b, (oc // opg) * cg + ric, i * sh + rkh * dh, j * sw + rkw * dw].astype(acc_dt)
+            * wt[oc, ric, rkh, rkw].astype(acc_dt), axis=[ric, rkh, rkw]), name="acc")
+    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
+
+    def out_fn(b, oc, i, j):
+        v = _mac_finish(acc[b, oc, i, j] + ct[oc], a["acc_bits"], wide)
+        return finish(v, (b, oc, i, j)) if finish else v.astype("int32")
+    out = te.compute(out_shape, out_fn, name="out")
+    kind = "depthwise" if groups == c and cg == 1 else "conv2d"
+    return k.finish(out, kind, {"groups": groups, "oc": o, "has_pad": pad is not xt})
+
+
+@tvm_op("qlinear")
+def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
+    x, w, bias = node.inputs[0], node.inputs[1], node.input(2)
+    xs = low.shape(x)
+    o, kdim = low.shape(w)
+    out_shape = low.shape(node.output)
+    zx = low.zero_point(x, node)
+    wc = _centred_weight(node, w)
+    const = _bias_term(node, bias, o) - zx * wc.sum(axis=1)
+    bound = _act_range(x) * int(np.abs(wc).sum(axis=1).max(initial=0)) + \
+        int(np.abs(const).max(initial=0))
+    wide = not _fits32(bound)
+    acc_dt = "int64" if wide else "int32"
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    xt = k.value(x, "x")
+    wdt = _narrowest(wc)
+    wt = k.input(low.param(f"{w.name}.centred", wc.astype(wdt)), wc.shape, wdt, "w")
+    ct = k.input(low.param(f"{node.name}.const", const.astype(acc_dt)), (o,), acc_dt, "c")
+    rk = te.reduce_axis((0, kdim), "rk")
+    acc = te.compute(out_shape, lambda *idx: te.sum(
+        xt(*idx[:-1], rk).astype(acc_dt) * wt[idx[-1], rk].astype(acc_dt), axis=rk), name="acc")
+    rank = len(out_shape)
+    finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
+
+    def out_fn(*idx):
+        v = _mac_finish(acc(*idx) + ct[idx[-1]], node.attrs["acc_bits"], wide)
+        return finish(v, idx) if finish else v.astype("int32")
+    return k.finish(te.compute(out_shape, out_fn, name="out"), "dense", {"o": o, "k": kdim})
+
+
+@tvm_op("qmatmul")
+def lower_qmatmul(low: Lowering, node: Node, rq: Optional[Node]):
+    a_v, b_v = node.inputs
+    ash, bsh = low.shape(a_v), low.shape(b_v)
+    out_shape = low.shape(node.output)
+    za, zb = low.zero_point(a_v, node), low.zero_point(b_v, node)
+    if len(ash) < 2 or len(bsh) < 2:
+        raise TVMBackendError(f"node %{node.name} (qmatmul): the TVM backend takes operands of "
+                              f"rank >= 2, got {ash} and {bsh}")
+    kdim = ash[-1]
+    ra = max(abs(v - za) for v in int_range(int_bits(a_v.dtype), is_signed(a_v.dtype)))
+    rb = max(abs(v - zb) for v in int_range(int_bits(b_v.dtype), is_signed(b_v.dtype)))
+    wide = not _fits32(kdim * ra * rb)
+    acc_dt = "int64" if wide else "int32"
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    at_, bt = k.value(a_v, "a"), k.value(b_v, "b")
+    rank = len(out_shape)
+    a_lead = _broadcast_index(ash[:-2], rank - 2)
+    b_lead = _broadcast_index(bsh[:-2], rank - 2)
+    rk = te.reduce_axis((0, kdim), "rk")
+    acc = te.compute(out_shape, lambda *idx: te.sum(
+        (at_(*a_lead(idx[:-2]), idx[-2], rk).astype(acc_dt) - tir.const(za, acc_dt))
+        * (bt(*b_lead(idx[:-2]), rk, idx[-1]).astype(acc_dt) - tir.const(zb, acc_dt)),
+        axis=rk), name="acc")
+    finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
+
+    def out_fn(*idx):
+        v = _mac_finish(acc(*idx), node.attrs["acc_bits"], wide)
+        return finish(v, idx) if finish else v.astype("int32")
+    return k.finish(te.compute(out_shape, out_fn, name="out"), "matmul", {})
+
+
+# ---------------------------------------------------------------------------------- rescaling
+
+@tvm_op("requantize")
+def lower_requantize(low: Lowering, node: Node, _rq=None):
+    x = node.inputs[0]
+    shape = low.shape(x)
+    k = low.kernel(node)
+    xt = k.value(x)
+    fin = _requant_epilogue(low, k, node, len(shape))
+    out = te.compute(shape, lambda *idx: fin(i64(xt(*idx)), idx), name="out")
+    return k.finish(out)
+
+
+def _binary_inputs(low: Lowering, node: Node, k: Kernel):
+    a_v, b_v = node.inputs
+    out_shape = low.shape(node.output)
+    rank = len(out_shape)
+    at_, bt = k.value(a_v, "a"), k.value(b_v, "b")
+    ai, bi = _broadcast_index(low.shape(a_v), rank), _broadcast_index(low.shape(b_v), rank)
+    za, zb = low.zero_point(a_v, node), low.zero_point(b_v, node)
+    return (out_shape, lambda idx: i64(at_(*ai(idx))) - i64(za),
+            lambda idx: i64(bt(*bi(idx))) - i64(zb))
+
+
+def _lower_qaddsub(low: Lowering, node: Node, sign: int):
+    a = node.attrs
+    k = low.kernel(node)
+    out_shape, ac, bc = _binary_inputs(low, node, k)
+    zy = low.zero_point(node.output, node)
+    r = a["rounding"]
+    lift = 1 << a["left_shift"]
+
+    def fn(*idx):
+        sa = arith.requantize(ac(idx) * i64(lift), a["a_multiplier"], a["a_shift"], r)
+        sb = arith.requantize(bc(idx) * i64(lift), a["b_multiplier"], a["b_shift"], r)
+        raw = sa + sb if sign > 0 else sa - sb
+        y = arith.requantize(raw, a["out_multiplier"], a["out_shift"], r) + i64(zy)
+        return arith.clamp_cast(y, a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
+    return k.finish(te.compute(out_shape, fn, name="out"))
+
+
+@tvm_op("qadd")
+def lower_qadd(low: Lowering, node: Node, _rq=None):
+    return _lower_qaddsub(low, node, +1)
+
+
+@tvm_op("qsub")
+def lower_qsub(low: Lowering, node: Node, _rq=None):
+    return _lower_qaddsub(low, node, -1)
+
+
+@tvm_op("qmul")
+def lower_qmul(low: Lowering, node: Node, _rq=None):
+    a = node.attrs
+    k = low.kernel(node)
+    out_shape, ac, bc = _binary_inputs(low, node, k)
+    zy = low.zero_point(node.output, node)
+
+    def fn(*idx):
+        y = arith.requantize(ac(idx) * bc(idx), a["multiplier"], a["shift"], a["rounding"])
+        return arith.clamp_cast(y + i64(zy), a["clamp_min"], a["clamp_max"],
+                                tvm_dtype(a["dtype"]))
+    return k.finish(te.compute(out_shape, fn, name="out"))
+
+
+@tvm_op("qprelu")
+def lower_qprelu(low: Lowering, node: Node, _rq=None):
+    x, slope = node.inputs
+    a = node.attrs
+    shape = low.shape(x)
+    rank = len(shape)
+    axis = a["axis"] % rank
+    if not slope.is_constant or slope.data is None or slope.quant is None:
+        raise TVMBackendError(f"node %{node.name} (qprelu): slope %{slope.name} must be a "
+                              f"quantized constant")
+    sc = np.asarray(slope.data).astype(np.int64) - slope.quant.zero_point_array(1)
+    k = low.kernel(node)
+    xt = k.value(x)
+    zx, zy = low.zero_point(x, node), low.zero_point(node.output, node)
+    slopes = k.table("slope", sc.reshape(-1))
+    nm, ns = k.table("neg_multiplier", a["neg_multiplier"]), k.table("neg_shift", a["neg_shift"])
+    r = a["rounding"]
+
+    def fn(*idx):
+        c = idx[axis]
+        xc = i64(xt(*idx)) - i64(zx)
+        pos = arith.requantize(xc, a["pos_multiplier"], a["pos_shift"], r)
+        neg = arith.requantize(xc * at(slopes, c), at(nm, c), at(ns, c), r)
+        y = tir.Select(xc >= 0, pos, neg) + i64(zy)
+        return arith.clamp_cast(y, a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
+    return k.finish(te.compute(shape, fn, name="out"))
+
+
+@tvm_op("lut")
+def lower_lut(low: Lowering, node: Node, _rq=None):
+    x = node.inputs[0]
+    q = x.quant
+    qmin = q.qmin if q is not None else int(np.iinfo(tvm_dtype(x.dtype)).min)
+    k = low.kernel(node)
+    xt = k.value(x)
+    dt = tvm_dtype(node.attrs["dtype"])
+    table = np.asarray(node.attrs["table"], dtype=np.int64).astype(dt)
+    tt = k.input(low.param(f"{node.name}.table", table), table.shape, dt, "table")
+    out = te.compute(low.shape(x), lambda *idx: tt(xt(*idx).astype("int32") - qmin), name="out")
+    return k.finish(out)
+
+
+# ---------------------------------------------------------------------------------- pooling
+
+def _window_input(xt, h: int, w: int, top: int, left: int, bottom: int, right: int,
+                  pad_value, overrun_value):
+    """x padded by the declared padding (pad_value) and any ceil_mode overrun (overrun_value)."""
+    def fn(b, c, i, j):
+        inside = tir.all(i >= top, i < top + h, j >= left, j < left + w)
+        declared = tir.all(i < top + h + bottom, j < left + w + right)
+        val = xt[b, c, tir.max(tir.min(i - top, h - 1), 0), tir.max(tir.min(j - left, w - 1), 0)]
+        return tir.Select(inside, val, tir.Select(declared, pad_value, overrun_value))
+    return fn
+
+
+@tvm_op("max_pool2d")
+def lower_max_pool2d(low: Lowering, node: Node, _rq=None):
+    x = node.inputs[0]
+    a = node.attrs
+    n_, c, h, w = low.shape(x)
+    out_shape = low.shape(node.output)
+    kh, kw = a["kernel"]
+    sh, sw = pool_defs._stride(a["kernel"], a["stride"])
+    dh, dw = a["dilation"]
+    top, left, bottom, right = a["padding"]
+    k = low.kernel(node)
+    xt = k.value(x)
+    dt = xt.dtype
+    lowest = tir.min_value(dt)
+    src = _window_input(xt, h, w, top, left, bottom, right, lowest, lowest)
+    rkh, rkw = te.reduce_axis((0, kh), "rkh"), te.reduce_axis((0, kw), "rkw")
+    out = te.compute(out_shape, lambda b, ch, i, j: te.max(
+        src(b, ch, i * sh + rkh * dh, j * sw + rkw * dw), axis=[rkh, rkw]), name="out")
+    return k.finish(out, "pool")
+
+
+@tvm_op("qavg_pool2d")
+def lower_qavg_pool2d(low: Lowering, node: Node, _rq=None):
+    x = node.inputs[0]
+    a = node.attrs
+    n_, c, h, w = low.shape(x)
+    out_shape = low.shape(node.output)
+    _, _, oh, ow = out_shape
+    kh, kw = a["kernel"]
+    sh, sw = pool_defs._stride(a["kernel"], a["stride"])
+    top, left, bottom, right = a["padding"]
+    q = x.quant
+    if q is None:
+        raise TVMBackendError(f"node %{node.name} (qavg_pool2d): input has no QuantParams")
+    fill = low.zero_point(x, node) if a["count_include_pad"] else 0
+    dh_ = pool_defs._divisor_1d(h, oh, kh, sh, top, bottom, a["count_include_pad"])
+    dw_ = pool_defs._divisor_1d(w, ow, kw, sw, left, right, a["count_include_pad"])
+    count = np.outer(dh_, dw_).astype(np.int64)
+    k = low.kernel(node)
+    xt = k.value(x)
+    ct = k.input(low.param(f"{node.name}.count", count), count.shape, "int64", "count")
+    src = _window_input(xt, h, w, top, left, bottom, right, tir.const(fill, xt.dtype),
+                        tir.const(0, xt.dtype))
+    rkh, rkw = te.reduce_axis((0, kh), "rkh"), te.reduce_axis((0, kw), "rkw")
+    total = te.compute(out_shape, lambda b, ch, i, j: te.sum(
+        src(b, ch, i * sh + rkh, j * sw + rkw).astype(I64), axis=[rkh, rkw]), name="acc")
+    out = te.compute(out_shape, lambda b, ch, i, j: arith.clamp_cast(
+        arith.div_round_away(total[b, ch, i, j], ct[i, j]), q.qmin, q.qmax, xt.dtype), name="out")
+    return k.finish(out, "pool")
+
+
+# ---------------------------------------------------------------------------------- boundary
+
+def _per_tensor(node: Node, q, what: str):
+    if q is None or len(q.scale) != 1:
+        raise TVMBackendError(f"node %{node.name} ({node.op}): the TVM backend needs one "
+                              f"scale and zero point for the {what}")
+    return np.float32(q.scale[0]), int(q.zero_point[0])
+
+
+@tvm_op("quantize")
+def lower_quantize(low: Lowering, node: Node, _rq=None):
+    """intmath.quantize_float: x / scale in float32, rounded, + zp, clamped."""
+    x = node.inputs[0]
+    q = node.output.quant
+    scale, zp = _per_tensor(node, q, "output")
+    k = low.kernel(node)
+    xt = k.value(x)
+    dt = tvm_dtype(node.attrs["dtype"])
+    away = node.attrs["rounding"] == "half_away"
+    s = tir.const(float(scale), "float32")
+
+    def fn(*idx):
+        v = xt(*idx).astype("float32") / s
+        if away:
+            t = tir.trunc(v)
+            sign = tir.Select(v > 0, tir.const(1.0, "float32"),
+                              tir.Select(v < 0, tir.const(-1.0, "float32"),
+                                         tir.const(0.0, "float32")))
+            r = t + tir.Select(tir.abs(v - t) >= tir.const(0.5, "float32"), sign,
+                               tir.const(0.0, "float32"))
+        else:
+            r = tir.nearbyint(v)
+        # clamping before the cast makes +-inf and huge values saturate instead of wrapping;
+        # qmin - zp .. qmax - zp are exact in float32
+        r = tir.min(tir.max(r, tir.const(float(q.qmin - zp), "float32")),
+                    tir.const(float(q.qmax - zp), "float32"))
+        return (r.astype("int32") + tir.const(zp, "int32")).astype(dt)
+    return k.finish(te.compute(low.shape(x), fn, name="out"))
+
+
+@tvm_op("dequantize")
+def lower_dequantize(low: Lowering, node: Node, _rq=None):
+    """(q - zp) * float32(scale), in float64 then rounded once to float32 (dequantize_array)."""
+    x = node.inputs[0]
+    scale, zp = _per_tensor(node, x.quant, "input")
+    k = low.kernel(node)
+    xt = k.value(x)
+    s = tir.const(float(scale), "float64")
+    out = te.compute(low.shape(x), lambda *idx: (
+        (xt(*idx).astype("float64") - tir.const(float(zp), "float64")) * s).astype("float32"),
+        name="out")
+    return k.finish(out)
+
+
+# ---------------------------------------------------------------------------------- data movement
+
+@tvm_op("reshape", "flatten", "squeeze", "unsqueeze", "identity")
+def lower_view(low: Lowering, node: Node, _rq=None):
+    return low.bb.emit(relax.op.reshape(low.expr(node.inputs[0]), low.shape(node.output)))
+
+
+@tvm_op("transpose")
+def lower_transpose(low: Lowering, node: Node, _rq=None):
+    return low.bb.emit(relax.op.permute_dims(low.expr(node.inputs[0]),
+                                             list(node.attrs["perm"])))
+
+
+@tvm_op("expand")
+def lower_expand(low: Lowering, node: Node, _rq=None):
+    return low.bb.emit(relax.op.broadcast_to(low.expr(node.inputs[0]), low.shape(node.output)))
+
+
+@tvm_op("concat")
+def lower_concat(low: Lowering, node: Node, _rq=None):
+    quants = {v.quant for v in node.inputs}
+    if len(quants) > 1 and any(is_int_value(v) for v in node.inputs):
+        raise TVMBackendError(f"node %{node.name} (concat): integer inputs with different "
+                              f"QuantParams (lower-integer requantizes them first)")
+    rank = len(low.shape(node.output))
+    return low.bb.emit(relax.op.concat([low.expr(v) for v in node.inputs],
+                                       axis=node.attrs["axis"] % rank))
+
+
+def is_int_value(v: Value) -> bool:
+    return v.dtype[0] in "iu"
+
+
+@tvm_op("slice")
+def lower_slice(low: Lowering, node: Node, _rq=None):
+    x = node.inputs[0]
+    shape = low.shape(x)
+    from qcompile.ir.ops.defs.shape import _slices
+    a = node.attrs
+    per_axis = _slices("slice", len(shape), a["axes"], a["starts"], a["ends"], a["steps"])
+    starts = [0] * len(shape)
+    steps = [1] * len(shape)
+    for ax, sl in per_axis.items():
+        start, _, step = sl.indices(shape[ax])
+        starts[ax], steps[ax] = start, step
+    k = low.kernel(node)
+    xt = k.value(x)
+    out = te.compute(low.shape(node.output), lambda *idx: xt(*(
+        starts[i] + steps[i] * idx[i] for i in range(len(shape)))), name="out")
+    return k.finish(out)
+
+
+@tvm_op("pad")
+def lower_pad(low: Lowering, node: Node, _rq=None):
+    x = node.inputs[0]
+    a = node.attrs
+    if a["mode"] != "constant":
+        raise TVMBackendError(f"node %{node.name} (pad): mode {a['mode']!r} is not supported by "
+                              f"the TVM backend (constant only)")
+    shape = low.shape(x)
+    rank = len(shape)
+    begin, end = list(a["pads"][:rank]), list(a["pads"][rank:])
+    k = low.kernel(node)
+    xt = k.value(x)
+    value = a["value"]
+    if xt.dtype.startswith(("int", "uint")):
+        info = np.iinfo(xt.dtype)
+        if value != int(value) or not info.min <= value <= info.max:
+            raise TVMBackendError(f"node %{node.name} (pad): fill {value!r} is not a code of "
+                                  f"{xt.dtype}")
+        value = int(value)
+    out = topi.nn.pad(xt, begin, end, pad_value=value, name="out")
+    return k.finish(out)
+
+
+# ---------------------------------------------------------------------------------- float islands
+
+@tvm_op("softmax")
+def lower_softmax(low: Lowering, node: Node, _rq=None):
+    return low.bb.emit(relax.op.nn.softmax(low.expr(node.inputs[0]), axis=node.attrs["axis"]))
+
+
+_FLOAT_UNARY = {"sigmoid": relax.op.sigmoid, "tanh": relax.op.tanh, "exp": relax.op.exp,
+                "relu": relax.op.nn.relu, "sqrt": relax.op.sqrt, "erf": relax.op.erf}
+_FLOAT_BINARY = {"add": relax.op.add, "sub": relax.op.subtract, "mul": relax.op.multiply,
+                 "div": relax.op.divide}
+
+
+def _float_only(node: Node) -> None:
+    for v in list(node.inputs) + list(node.outputs):
+        if v is not None and not v.dtype.startswith("f"):
+            raise TVMBackendError(f"node %{node.name} ({node.op}) on {v.dtype} %{v.name}: the "
+                                  f"TVM backend runs {node.op} only on float values (a float "
+                                  f"island); integer graphs use its integer lowering")
+
+
+@tvm_op(*_FLOAT_UNARY)
+def lower_float_unary(low: Lowering, node: Node, _rq=None):
+    _float_only(node)
+    return low.bb.emit(_FLOAT_UNARY[node.op](low.expr(node.inputs[0])))
+
+
+@tvm_op(*_FLOAT_BINARY)
+def lower_float_binary(low: Lowering, node: Node, _rq=None):
+    _float_only(node)
+    a, b = node.inputs
+    return low.bb.emit(_FLOAT_BINARY[node.op](low.expr(a), low.expr(b)))
