@@ -267,6 +267,36 @@ def test_concat_requantizes_inputs_with_other_params():
     lsb_close(out[0], fq[0], shared.scale[0], lsb=1)
 
 
+@pytest.mark.parametrize("shared_reader", [False, True])
+def test_clip_after_average_pool_on_one_grid_is_the_pool_clamp(shared_reader):
+    """TFLite's AVERAGE_POOL_2D with a fused activation: a relu6-like clip on the pool's grid
+    becomes qavg_pool2d's clamp, no requantize; not when another node also reads the pool."""
+    g = Graph("pool_clip")
+    x = g.add_input("x", TensorType((None, 2, 4, 4)))
+    p = g.add_node("avg_pool2d", [x], {"kernel": (2, 2)}, name="p").output
+    y = g.add_node("clip", [p], {"min": 0.0, "max": 0.5}, name="y").output
+    g.outputs = [y] + ([g.add_node("max_pool2d", [p], {"kernel": (2, 2)}, name="m").output]
+                       if shared_reader else [])
+    data = quantized(g)
+    q = g.value("x").quant
+    for name in ("p", "y"):
+        g.value(name).quant = q
+    fq, out, _ = compare(g, data[0])
+    pool = g.find("qavg_pool2d")[0]
+    lo, hi = q.zero_point[0], q.zero_point[0] + round(0.5 / np.float32(q.scale[0]))
+    if shared_reader:
+        assert (pool.attrs["clamp_min"], pool.attrs["clamp_max"]) == (-2 ** 31, 2 ** 31 - 1)
+        rq = g.outputs[0].producer.inputs[0].producer
+        assert rq.op == "requantize" and (rq.attrs["clamp_min"], rq.attrs["clamp_max"]) == (lo, hi)
+    else:
+        assert set(g.op_counts()) == {"quantize", "qavg_pool2d", "dequantize"}
+        assert (pool.attrs["clamp_min"], pool.attrs["clamp_max"]) == (lo, hi)
+    s = np.float32(q.scale[0])
+    assert out[0].min() == 0 and np.isclose(out[0].max(), (hi - lo) * s)  # both bounds reached
+    # The simulation averages reals and rounds half to even; qavg_pool2d rounds ties away.
+    lsb_close(out[0], fq[0], q.scale[0], lsb=1)
+
+
 @pytest.mark.parametrize("op,attrs,emits", [
     ("avg_pool2d", {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1, 1, 1),
                     "count_include_pad": False}, "qavg_pool2d"),  # the divisor varies

@@ -38,11 +38,13 @@ def run_all(op: str, *arrays, in_quant=None, out_quant=None, **attrs) -> list[np
                       out_quant=out_quant or [None] * len(expected))
     result = opdef.kernels["float"](*arrays, **kwargs)
     outs = [np.asarray(o) for o in (result if isinstance(result, (tuple, list)) else (result,))]
-    assert len(outs) == len(expected), f"{op}: kernel gave {len(outs)} outputs, inference " \
-                                       f"{len(expected)}"
+    assert len(outs) == len(expected), \
+        f"{op}: kernel gave {len(outs)} outputs, inference {len(expected)}"
     for i, (out, want) in enumerate(zip(outs, expected)):
-        assert out.shape == want.shape, f"{op} output {i}: kernel gave {out.shape}, inference {want.shape}"
-        assert out.dtype == np.dtype(_np_dtype(want.dtype)), f"{op} output {i}: {out.dtype} vs {want.dtype}"
+        assert out.shape == want.shape, \
+            f"{op} output {i}: kernel gave {out.shape}, inference {want.shape}"
+        assert out.dtype == np.dtype(_np_dtype(want.dtype)), \
+            f"{op} output {i}: {out.dtype} vs {want.dtype}"
     return outs
 
 

@@ -157,52 +157,97 @@ static uint32_t qc_dot_1x1(const int8_t *w0, const int16_t *a, int32_t k, uint32
     return s;
 }
 
-/* Store one accumulator: wrap to acc_bits, then requantize (fused) or keep as int32. */
-QC_INLINE void qc_emit(void *y, int32_t y_type, size_t idx, uint32_t acc, int32_t acc_bits,
-                       const qc_requant_t *rq, int32_t ch)
+/* How accumulators become outputs, with every field in a local: the kernels store through
+ * char pointers, which may alias anything, so values read through the parameter pointers
+ * would be reloaded after every store. */
+typedef struct {
+    const int32_t *mult, *shift;
+    int32_t per_channel, in_zp, out_zp, lo, hi, rounding, active, acc_bits, y_type;
+} qc_out_t;
+
+QC_INLINE qc_out_t qc_out_init(const qc_requant_t *rq, int32_t acc_bits, int32_t y_type)
 {
-    int32_t v = qc_wrap(acc, acc_bits);
-    if (rq)
-        v = qc_requant_apply(rq, v, ch);
-    qc_store(y, y_type, idx, v);
+    qc_out_t o;
+    o.active = rq != NULL;
+    o.mult = rq ? rq->mult : NULL;
+    o.shift = rq ? rq->shift : NULL;
+    o.per_channel = rq ? rq->channels > 1 : 0;
+    o.in_zp = rq ? rq->in_zp : 0;
+    o.out_zp = rq ? rq->out_zp : 0;
+    o.lo = rq ? rq->lo : INT32_MIN;
+    o.hi = rq ? rq->hi : INT32_MAX;
+    o.rounding = rq ? rq->rounding : 0;
+    o.acc_bits = acc_bits;
+    o.y_type = y_type;
+    return o;
+}
+
+/* Wrap one accumulator to acc_bits, requantize it with (m, s) (when fused), store it. */
+QC_INLINE void qc_out(const qc_out_t *o, void *y, size_t idx, uint32_t acc, int32_t m, int32_t s)
+{
+    int32_t v = qc_wrap(acc, o->acc_bits);
+    if (o->active) {
+        v = qc_requant_value(qc_u2i((uint32_t)v - (uint32_t)o->in_zp), m, s, o->rounding);
+        v = (v < o->lo ? o->lo : (v > o->hi ? o->hi : v)) + o->out_zp;
+    }
+    switch (o->y_type) {
+    case QC_I8: ((int8_t *)y)[idx] = (int8_t)v; break;
+    case QC_U8: ((uint8_t *)y)[idx] = (uint8_t)v; break;
+    default: qc_store(y, o->y_type, idx, v); break;
+    }
+}
+
+QC_INLINE int32_t qc_out_mult(const qc_out_t *o, int32_t ch)
+{
+    return o->active ? o->mult[o->per_channel ? ch : 0] : 0;
+}
+
+QC_INLINE int32_t qc_out_shift(const qc_out_t *o, int32_t ch)
+{
+    return o->active ? o->shift[o->per_channel ? ch : 0] : 0;
 }
 
 /* Multiply weight rows [0, o) against one or two int16 columns; outputs go to
  * y[(ch0 + oc) * ystride + pos] (pos = pa, pb). */
 static void qc_gemm_cols(const int8_t *w, int32_t o, int32_t k, const int32_t *bias,
                          const int16_t *ca, const int16_t *cb, int32_t ch0, size_t ystride,
-                         size_t pa, size_t pb, int32_t acc_bits, const qc_requant_t *rq,
-                         void *y, int32_t y_type)
+                         size_t pa, size_t pb, const qc_out_t *out, void *y)
 {
+    const qc_out_t q = *out;
     int32_t oc = 0;
     for (; oc + 2 <= o; oc += 2) {
         const int8_t *w0 = w + (size_t)oc * k, *w1 = w0 + k;
-        uint32_t b0 = bias ? (uint32_t)bias[ch0 + oc] : 0u;
-        uint32_t b1 = bias ? (uint32_t)bias[ch0 + oc + 1] : 0u;
-        size_t r0 = (size_t)(ch0 + oc) * ystride, r1 = r0 + ystride;
+        int32_t c0 = ch0 + oc, c1 = c0 + 1;
+        uint32_t b0 = bias ? (uint32_t)bias[c0] : 0u;
+        uint32_t b1 = bias ? (uint32_t)bias[c1] : 0u;
+        int32_t m0 = qc_out_mult(&q, c0), s0 = qc_out_shift(&q, c0);
+        int32_t m1 = qc_out_mult(&q, c1), s1 = qc_out_shift(&q, c1);
+        size_t r0 = (size_t)c0 * ystride, r1 = r0 + ystride;
         if (cb) {
             uint32_t acc[4];
             acc[0] = b0; acc[1] = b0; acc[2] = b1; acc[3] = b1;
             qc_dot_2x2(w0, w1, ca, cb, k, acc);
-            qc_emit(y, y_type, r0 + pa, acc[0], acc_bits, rq, ch0 + oc);
-            qc_emit(y, y_type, r0 + pb, acc[1], acc_bits, rq, ch0 + oc);
-            qc_emit(y, y_type, r1 + pa, acc[2], acc_bits, rq, ch0 + oc + 1);
-            qc_emit(y, y_type, r1 + pb, acc[3], acc_bits, rq, ch0 + oc + 1);
+            qc_out(&q, y, r0 + pa, acc[0], m0, s0);
+            qc_out(&q, y, r0 + pb, acc[1], m0, s0);
+            qc_out(&q, y, r1 + pa, acc[2], m1, s1);
+            qc_out(&q, y, r1 + pb, acc[3], m1, s1);
         } else {
             uint32_t acc[2];
             acc[0] = b0; acc[1] = b1;
             qc_dot_2x1(w0, w1, ca, k, acc);
-            qc_emit(y, y_type, r0 + pa, acc[0], acc_bits, rq, ch0 + oc);
-            qc_emit(y, y_type, r1 + pa, acc[1], acc_bits, rq, ch0 + oc + 1);
+            qc_out(&q, y, r0 + pa, acc[0], m0, s0);
+            qc_out(&q, y, r1 + pa, acc[1], m1, s1);
         }
     }
     if (oc < o) {
         const int8_t *w0 = w + (size_t)oc * k;
-        uint32_t b0 = bias ? (uint32_t)bias[ch0 + oc] : 0u;
-        size_t r0 = (size_t)(ch0 + oc) * ystride;
-        qc_emit(y, y_type, r0 + pa, qc_dot_1x1(w0, ca, k, b0), acc_bits, rq, ch0 + oc);
+        int32_t c0 = ch0 + oc;
+        uint32_t b0 = bias ? (uint32_t)bias[c0] : 0u;
+        int32_t m0 = qc_out_mult(&q, c0), s0 = qc_out_shift(&q, c0);
+        size_t r0 = (size_t)c0 * ystride;
+        qc_out(&q, y, r0 + pa, qc_dot_1x1(w0, ca, k, b0), m0, s0);
         if (cb)
-            qc_emit(y, y_type, r0 + pb, qc_dot_1x1(w0, cb, k, b0), acc_bits, rq, ch0 + oc);
+            qc_out(&q, y, r0 + pb, qc_dot_1x1(w0, cb, k, b0), m0, s0);
     }
 }
 
@@ -295,46 +340,54 @@ static void qc_im2col(const qc_conv_t *p, const void *xv, int32_t cg, size_t hw,
         QC_IM2COL(int8_t);
 }
 
-/* Depthwise: every output channel reads one input channel; no column buffer, the window is
- * clipped to the image once per output pixel so the inner loop has no bounds checks. */
+/* Depthwise: every output channel reads one input channel; no column buffer. The window is
+ * clipped to the image once per output pixel, so the inner loop has no bounds checks; the
+ * parameters are copied to locals (stores through char pointers would force reloads). */
 #define QC_DEPTHWISE(T)                                                                        \
     do {                                                                                       \
-        const T *plane = (const T *)xv + ((size_t)n * p->c + oc / mult) * hw;                  \
+        const T *plane = (const T *)xv + ((size_t)n * c + oc / mult) * hw;                     \
         int32_t oy, ox, ky, kx;                                                                \
-        for (oy = 0; oy < p->oh; oy++) {                                                       \
-            int32_t iy0 = oy * p->sh - p->pad_t, ky0 = 0, ky1 = p->kh;                         \
-            while (ky0 < ky1 && iy0 + ky0 * p->dh < 0) ky0++;                                  \
-            while (ky1 > ky0 && iy0 + (ky1 - 1) * p->dh >= p->h) ky1--;                        \
-            for (ox = 0; ox < p->ow; ox++) {                                                   \
-                int32_t ix0 = ox * p->sw - p->pad_l, kx0 = 0, kx1 = p->kw;                     \
-                uint32_t acc = b;                                                              \
-                while (kx0 < kx1 && ix0 + kx0 * p->dw < 0) kx0++;                              \
-                while (kx1 > kx0 && ix0 + (kx1 - 1) * p->dw >= p->w) kx1--;                    \
+        for (oy = 0; oy < oh; oy++) {                                                          \
+            int32_t iy0 = oy * sh - pad_t, ky0 = 0, ky1 = kh;                                  \
+            while (ky0 < ky1 && iy0 + ky0 * dh < 0) ky0++;                                     \
+            while (ky1 > ky0 && iy0 + (ky1 - 1) * dh >= h) ky1--;                              \
+            for (ox = 0; ox < ow; ox++) {                                                      \
+                int32_t ix0 = ox * sw - pad_l, kx0 = 0, kx1 = kw;                              \
+                int32_t s = 0;                                                                 \
+                while (kx0 < kx1 && ix0 + kx0 * dw < 0) kx0++;                                 \
+                while (kx1 > kx0 && ix0 + (kx1 - 1) * dw >= wd) kx1--;                         \
                 for (ky = ky0; ky < ky1; ky++) {                                               \
-                    const T *row = plane + (size_t)(iy0 + ky * p->dh) * p->w + ix0;            \
-                    const int8_t *wr = wk + ky * p->kw;                                        \
-                    int32_t s = 0;                                                             \
-                    for (kx = kx0; kx < kx1; kx++)                                             \
-                        s += ((int32_t)row[kx * p->dw] - zp) * wr[kx];                         \
-                    acc += (uint32_t)s;                                                        \
+                    const T *row = plane + (size_t)(iy0 + ky * dh) * wd + ix0;                 \
+                    const int8_t *wr = wk + ky * kw;                                           \
+                    if (kx0 == 0 && kx1 == 3 && dw == 1)                                       \
+                        s += ((int32_t)row[0] - zp) * wr[0] + ((int32_t)row[1] - zp) * wr[1]   \
+                             + ((int32_t)row[2] - zp) * wr[2];                                 \
+                    else                                                                       \
+                        for (kx = kx0; kx < kx1; kx++)                                         \
+                            s += ((int32_t)row[kx * dw] - zp) * wr[kx];                        \
                 }                                                                              \
-                qc_emit(y, p->y_type, ybase + (size_t)oy * p->ow + ox, acc, p->acc_bits, rq,   \
-                        oc);                                                                   \
+                qc_out(&q, y, ybase + (size_t)oy * ow + ox, b + (uint32_t)s, m, sft);          \
             }                                                                                  \
         }                                                                                      \
     } while (0)
 
 static void qc_conv_depthwise(const qc_conv_t *p, const void *xv, const int8_t *w,
-                              const int32_t *bias, const qc_requant_t *rq, void *y)
+                              const int32_t *bias, const qc_out_t *out, void *y)
 {
-    size_t hw = (size_t)p->h * p->w;
-    int32_t mult = p->o / p->c, k = p->kh * p->kw, zp = p->in_zp, n, oc;
-    for (n = 0; n < p->n; n++) {
-        for (oc = 0; oc < p->o; oc++) {
+    const qc_out_t q = *out;
+    const int32_t c = p->c, h = p->h, wd = p->w, o = p->o, oh = p->oh, ow = p->ow;
+    const int32_t kh = p->kh, kw = p->kw, sh = p->sh, sw = p->sw, dh = p->dh, dw = p->dw;
+    const int32_t pad_t = p->pad_t, pad_l = p->pad_l, zp = p->in_zp, nn = p->n;
+    const int32_t x_u8 = p->x_type == QC_U8;
+    size_t hw = (size_t)h * wd;
+    int32_t mult = o / c, k = kh * kw, n, oc;
+    for (n = 0; n < nn; n++) {
+        for (oc = 0; oc < o; oc++) {
             const int8_t *wk = w + (size_t)oc * k;
             uint32_t b = bias ? (uint32_t)bias[oc] : 0u;
-            size_t ybase = ((size_t)n * p->o + oc) * p->oh * p->ow;
-            if (p->x_type == QC_U8)
+            int32_t m = qc_out_mult(&q, oc), sft = qc_out_shift(&q, oc);
+            size_t ybase = ((size_t)n * o + oc) * oh * ow;
+            if (x_u8)
                 QC_DEPTHWISE(uint8_t);
             else
                 QC_DEPTHWISE(int8_t);
@@ -349,8 +402,9 @@ int qc_conv2d(const qc_conv_t *p, const void *x, const int8_t *w, const int32_t 
     int32_t npix = p->oh * p->ow, n, g, pix;
     size_t hw = (size_t)p->h * p->w;
     int16_t *ca = scratch, *cb = scratch + k;
+    qc_out_t out = qc_out_init(rq, p->acc_bits, p->y_type);
     if (cg == 1 && p->groups > 1) {
-        qc_conv_depthwise(p, x, w, bias, rq, y);
+        qc_conv_depthwise(p, x, w, bias, &out, y);
         return 0;
     }
     for (n = 0; n < p->n; n++) {
@@ -364,7 +418,7 @@ int qc_conv2d(const qc_conv_t *p, const void *x, const int8_t *w, const int32_t 
                 if (two)
                     qc_im2col(p, xg, cg, hw, pix + 1, cb);
                 qc_gemm_cols(wg, og, k, bias, ca, two ? cb : NULL, g * og, (size_t)npix,
-                             ybase + pix, ybase + pix + 1, p->acc_bits, rq, y, p->y_type);
+                             ybase + pix, ybase + pix + 1, &out, y);
             }
         }
     }
@@ -391,6 +445,7 @@ int qc_linear(int32_t rows, int32_t k, int32_t o, const void *x, int32_t x_type,
               void *y, int32_t y_type, int16_t *scratch)
 {
     int16_t *ca = scratch, *cb = scratch + k;
+    qc_out_t out = qc_out_init(rq, acc_bits, y_type);
     int32_t r;
     for (r = 0; r < rows; r += 2) {
         int two = r + 1 < rows;
@@ -399,7 +454,7 @@ int qc_linear(int32_t rows, int32_t k, int32_t o, const void *x, int32_t x_type,
             qc_centre_row(x, x_type, (size_t)(r + 1) * k, k, x_zp, cb);
         /* output (row, oc) lives at row * o + oc: channel stride 1, position stride o */
         qc_gemm_cols(w, o, k, bias, ca, two ? cb : NULL, 0, 1, (size_t)r * o,
-                     (size_t)(r + 1) * o, acc_bits, rq, y, y_type);
+                     (size_t)(r + 1) * o, &out, y);
     }
     return 0;
 }
@@ -409,6 +464,7 @@ int qc_matmul(int32_t batch, int32_t m, int32_t k, int32_t n, const void *a, int
               int32_t acc_bits, const qc_requant_t *rq, void *y, int32_t y_type)
 {
     int32_t bi, i, j, t;
+    qc_out_t out = qc_out_init(rq, acc_bits, y_type);
     for (bi = 0; bi < batch; bi++) {
         size_t ao = (size_t)bi * m * k, bo = (size_t)bi * b_batch_stride, yo = (size_t)bi * m * n;
         for (i = 0; i < m; i++) {
@@ -419,7 +475,8 @@ int qc_matmul(int32_t batch, int32_t m, int32_t k, int32_t n, const void *a, int
                     int32_t bv = qc_load(b, b_type, bo + (size_t)t * n + j) - b_zp;
                     acc += (uint32_t)(av * bv);
                 }
-                qc_emit(y, y_type, yo + (size_t)i * n + j, acc, acc_bits, rq, j);
+                qc_out(&out, y, yo + (size_t)i * n + j, acc, qc_out_mult(&out, j),
+                       qc_out_shift(&out, j));
             }
         }
     }

@@ -7,10 +7,11 @@ with QuantParams -> integer ops -> int8 output, no quantize/dequantize) and run 
 
 The integer constants of the qcompile graph (multipliers, shifts, clamp bounds, lookup tables)
 are derived here from the float32 scales exactly the way TFLite's Prepare() derives them; the
-"TFLite's int8 recipes" section below is that derivation, and it is what `lower-integer` must
-reproduce to compile TFLite-conformant graphs. The facts it encodes (the tests below check each
-one against the reference kernels; the ones marked * have a test that tells it from the obvious
-alternative):
+"TFLite's int8 recipes" section below is that derivation (the lookup tables are
+`qcompile.quant.luts`, the one definition `lower-integer` also uses). The tests named
+`lowered` build the float layer instead, lower it with `lower-integer` and check that the
+pass's own constants reproduce TFLite. The facts (the tests below check each one against the
+reference kernels; the ones marked * have a test that tells it from the obvious alternative):
 
 - CONV_2D*, DEPTHWISE_CONV_2D: M = double(s_x) * double(s_w[c]) / double(s_y), Q31-encoded,
   `gemmlowp_double` requantization.
@@ -21,9 +22,11 @@ alternative):
 - MUL*: M = float32(float32(s_a * s_b) / s_y), i.e. formed in *float32*, then Q31-encoded.
 - AVERAGE_POOL_2D*: sums the stored codes q (not q - z), divides by the number of real (not
   padding) elements, rounding half away from zero.
-- LOGISTIC, TANH: a 256-entry table computed in float32 (TFLite's LUTPopulate).
+- LOGISTIC*, TANH: a 256-entry table computed in float32 (TFLite's LUTPopulate), LOGISTIC with
+  TFLite's float32 formula 1.0f / (1.0f + expf(-x)), not the correctly rounded sigmoid.
 - HARD_SWISH*: an int16 fixed-point recipe, not a float table (a float table differs).
-- Fused RELU/RELU6: bounds z_y + round_half_away(float32(bound) / float32(s_y)).
+- Fused RELU/RELU6*: bounds z_y + round_half_away(float32(bound) / float32(s_y)); on
+  AVERAGE_POOL_2D they are qavg_pool2d's clamp.
 """
 from __future__ import annotations
 

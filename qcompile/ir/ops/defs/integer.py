@@ -497,8 +497,8 @@ def _qavg_pool2d(x, *, kernel, stride, padding, ceil_mode, count_include_pad, cl
 def lut(x, *, table, dtype):
     """y = table[x - qmin(x)]: any function of an (at most 8-bit) integer as a lookup table.
 
-    lower-integer builds the table by quantizing f(dequantize(q)) for every code q, so the
-    table is exactly what the fake-quant simulation computes for each input code.
+    lower-integer fills the table with TFLite's recipe for f (qcompile.quant.luts): float32
+    LUTPopulate, or the int16 fixed-point HARD_SWISH.
     """
     _require_int("lut", x, "input x", max_bits=8)
     n = 1 << int_bits(x.dtype)
