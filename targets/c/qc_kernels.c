@@ -340,34 +340,53 @@ static void qc_im2col(const qc_conv_t *p, const void *xv, int32_t cg, size_t hw,
         QC_IM2COL(int8_t);
 }
 
-/* Depthwise: every output channel reads one input channel; no column buffer. The window is
- * clipped to the image once per output pixel, so the inner loop has no bounds checks; the
- * parameters are copied to locals (stores through char pointers would force reloads). */
+/* Depthwise: every output channel reads one input channel; no column buffer. Windows inside
+ * the image (most of them) take sum(x w) - zp sum(w), with a 3x3 fast path; border windows
+ * are clipped to the image, so no loop checks bounds per tap. The parameters are copied to
+ * locals (stores through char pointers would force reloads). */
+#define QC_DW_CLIPPED(T)                                                                       \
+    do {                                                                                       \
+        int32_t ix0 = ox * sw - pad_l, kx0 = 0, kx1 = kw, ky, kx, s = 0;                       \
+        while (kx0 < kx1 && ix0 + kx0 * dw < 0) kx0++;                                         \
+        while (kx1 > kx0 && ix0 + (kx1 - 1) * dw >= wd) kx1--;                                 \
+        for (ky = ky0; ky < ky1; ky++) {                                                       \
+            const T *row = plane + (size_t)(iy0 + ky * dh) * wd + ix0;                         \
+            const int8_t *wr = wk + ky * kw;                                                   \
+            for (kx = kx0; kx < kx1; kx++)                                                     \
+                s += ((int32_t)row[kx * dw] - zp) * wr[kx];                                    \
+        }                                                                                      \
+        qc_out(&q, y, ybase + (size_t)oy * ow + ox, b + (uint32_t)s, m, sft);                  \
+    } while (0)
+
 #define QC_DEPTHWISE(T)                                                                        \
     do {                                                                                       \
         const T *plane = (const T *)xv + ((size_t)n * c + oc / mult) * hw;                     \
-        int32_t oy, ox, ky, kx;                                                                \
+        int32_t oy, ox;                                                                        \
         for (oy = 0; oy < oh; oy++) {                                                          \
             int32_t iy0 = oy * sh - pad_t, ky0 = 0, ky1 = kh;                                  \
             while (ky0 < ky1 && iy0 + ky0 * dh < 0) ky0++;                                     \
             while (ky1 > ky0 && iy0 + (ky1 - 1) * dh >= h) ky1--;                              \
-            for (ox = 0; ox < ow; ox++) {                                                      \
-                int32_t ix0 = ox * sw - pad_l, kx0 = 0, kx1 = kw;                              \
-                int32_t s = 0;                                                                 \
-                while (kx0 < kx1 && ix0 + kx0 * dw < 0) kx0++;                                 \
-                while (kx1 > kx0 && ix0 + (kx1 - 1) * dw >= wd) kx1--;                         \
-                for (ky = ky0; ky < ky1; ky++) {                                               \
-                    const T *row = plane + (size_t)(iy0 + ky * dh) * wd + ix0;                 \
-                    const int8_t *wr = wk + ky * kw;                                           \
-                    if (kx0 == 0 && kx1 == 3 && dw == 1)                                       \
-                        s += ((int32_t)row[0] - zp) * wr[0] + ((int32_t)row[1] - zp) * wr[1]   \
-                             + ((int32_t)row[2] - zp) * wr[2];                                 \
-                    else                                                                       \
-                        for (kx = kx0; kx < kx1; kx++)                                         \
-                            s += ((int32_t)row[kx * dw] - zp) * wr[kx];                        \
-                }                                                                              \
-                qc_out(&q, y, ybase + (size_t)oy * ow + ox, b + (uint32_t)s, m, sft);          \
+            if (ky0 != 0 || ky1 != kh) {                                                       \
+                for (ox = 0; ox < ow; ox++) QC_DW_CLIPPED(T);                                  \
+                continue;                                                                      \
             }                                                                                  \
+            for (ox = 0; ox < ox_lo; ox++) QC_DW_CLIPPED(T);                                   \
+            for (; ox < ox_hi; ox++) {                                                         \
+                const T *r0 = plane + (size_t)iy0 * wd + (ox * sw - pad_l);                    \
+                int32_t s = 0, ky, kx;                                                         \
+                if (k3) {                                                                      \
+                    const T *r1 = r0 + wd, *r2 = r1 + wd;                                      \
+                    s = r0[0] * wk[0] + r0[1] * wk[1] + r0[2] * wk[2]                          \
+                      + r1[0] * wk[3] + r1[1] * wk[4] + r1[2] * wk[5]                          \
+                      + r2[0] * wk[6] + r2[1] * wk[7] + r2[2] * wk[8];                         \
+                } else {                                                                       \
+                    for (ky = 0; ky < kh; ky++, r0 += (size_t)dh * wd)                         \
+                        for (kx = 0; kx < kw; kx++) s += r0[kx * dw] * wk[ky * kw + kx];       \
+                }                                                                              \
+                qc_out(&q, y, ybase + (size_t)oy * ow + ox, b + (uint32_t)(s - zp_wsum), m,    \
+                       sft);                                                                   \
+            }                                                                                  \
+            for (; ox < ow; ox++) QC_DW_CLIPPED(T);                                            \
         }                                                                                      \
     } while (0)
 
@@ -379,13 +398,18 @@ static void qc_conv_depthwise(const qc_conv_t *p, const void *xv, const int8_t *
     const int32_t kh = p->kh, kw = p->kw, sh = p->sh, sw = p->sw, dh = p->dh, dw = p->dw;
     const int32_t pad_t = p->pad_t, pad_l = p->pad_l, zp = p->in_zp, nn = p->n;
     const int32_t x_u8 = p->x_type == QC_U8;
+    const int32_t k3 = kh == 3 && kw == 3 && dh == 1 && dw == 1;
     size_t hw = (size_t)h * wd;
-    int32_t mult = o / c, k = kh * kw, n, oc;
+    int32_t mult = o / c, k = kh * kw, n, oc, ox_lo = 0, ox_hi = ow, i;
+    /* output columns [ox_lo, ox_hi) have their whole window inside the image */
+    while (ox_lo < ow && ox_lo * sw - pad_l < 0) ox_lo++;
+    while (ox_hi > ox_lo && (ox_hi - 1) * sw - pad_l + (kw - 1) * dw >= wd) ox_hi--;
     for (n = 0; n < nn; n++) {
         for (oc = 0; oc < o; oc++) {
             const int8_t *wk = w + (size_t)oc * k;
             uint32_t b = bias ? (uint32_t)bias[oc] : 0u;
-            int32_t m = qc_out_mult(&q, oc), sft = qc_out_shift(&q, oc);
+            int32_t m = qc_out_mult(&q, oc), sft = qc_out_shift(&q, oc), zp_wsum = 0;
+            for (i = 0; i < k; i++) zp_wsum += zp * wk[i];
             size_t ybase = ((size_t)n * o + oc) * oh * ow;
             if (x_u8)
                 QC_DEPTHWISE(uint8_t);

@@ -102,7 +102,8 @@ class Kernel:
         func = te.create_prim_func([*self.placeholders, out])
         if low.schedule is not None:
             func = low.schedule(func, kind, info or {})
-        gv = low.bb.add_func(func, low.func_name(self.name))
+        fname = low.func_name(self.name)
+        gv = low.bb.add_func(func.with_attr("global_symbol", fname), fname)
         ty = relax.TensorType(tuple(int(d) for d in out.shape), out.dtype)
         return low.bb.emit(relax.call_tir(gv, list(self.args), ty), name_hint=_ident(self.name))
 

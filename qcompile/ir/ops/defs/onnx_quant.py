@@ -9,7 +9,10 @@ targets; these are what an ONNX model *says*.
 * `requantize_float`: QLinearConv / QLinearMatMul rescale their int32 accumulator with a float
   multiplier `M = x_scale * w_scale / y_scale` and round half to even, where the dyadic
   `requantize` uses a Q31 integer multiplier and gemmlowp rounding. The two differ by one LSB on
-  some outputs, so an exact import needs this op.
+  some outputs, so an exact import needs this op. TFLite's reference FULLY_CONNECTED kernel does
+  the same in double precision with ties away from zero (`rounding="half_away"`,
+  `scale_dtype="f64"`), which is how a TFLite model's fully connected layers are represented
+  exactly.
 * `dynamic_quantize_linear`: DynamicQuantizeLinear chooses scale and zero point from the data at
   run time; QuantParams are compile-time facts, so the result carries none and the scale and
   zero point are ordinary outputs.
@@ -18,12 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ....quant.intmath import quantize_float, round_half_even, saturate
+from ....quant.intmath import quantize_float, round_half_away, round_half_even
 from ...types import TensorType, is_int, numpy_dtype
 from ..registry import AttrSpec, register_op
 from .common import fail, fmt
 
-_SCALE_DTYPES = {"f32": np.float32, "f16": np.float16}
+_SCALE_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
 
 
 def _quant_of(quant, which: str, op: str):
@@ -35,15 +38,20 @@ def _quant_of(quant, which: str, op: str):
 
 # ---- requantize_float ---------------------------------------------------------------------------
 @register_op("requantize_float",
-             attrs={"rounding": AttrSpec("str", "half_even", choices=("half_even",),
-                                         doc="ties to even (ONNX QLinearConv/QLinearMatMul)"),
+             attrs={"rounding": AttrSpec("str", "half_even", choices=("half_even", "half_away"),
+                                         doc="half_even: add the zero point, then round ties to "
+                                         "even (ONNX QLinearConv/QLinearMatMul); half_away: round "
+                                         "ties away from zero, then add the zero point (TFLite's "
+                                         "reference FULLY_CONNECTED)"),
+                    "clamp_min": AttrSpec("int", -(2 ** 31), doc="lower clamp (fused activation)"),
+                    "clamp_max": AttrSpec("int", 2 ** 31 - 1, doc="upper clamp (fused activation)"),
                     "scale_dtype": AttrSpec("str", "f32", choices=tuple(_SCALE_DTYPES),
                                             doc="float type of the ONNX scale tensors; the "
                                             "multiplier is computed in it"),
                     "dtype": AttrSpec("str", doc="output integer dtype; equals the output "
                                       "QuantParams' storage dtype")},
              traits=("quant_aware",))
-def requantize_float(x, *, rounding, scale_dtype, dtype):
+def requantize_float(x, *, rounding, scale_dtype, dtype, clamp_min, clamp_max):
     """ONNX requantization with a float multiplier (QLinearConv, QLinearMatMul); not integer-only.
 
     With s_in the input's QuantParams scale (the accumulator's, x_scale * w_scale, per channel
@@ -52,8 +60,11 @@ def requantize_float(x, *, rounding, scale_dtype, dtype):
     ONNX reference forms; y = clamp(round_half_even(float64(x - z_in) * float64(M) + z_out),
     qmin, qmax). The product is float64 as in the ONNX reference (numpy promotes int32 x
     float32 to float64); onnxruntime's MLAS kernels multiply in float32 and can differ by one LSB
-    on accumulators above 2**24. `lower-integer` never emits this op: it is the import form of
-    ONNX's quantized operators, to be replaced by `requantize` for integer-only targets.
+    on accumulators above 2**24. With rounding="half_away" (TFLite's reference FULLY_CONNECTED,
+    scale_dtype="f64"): y = clamp(round_half_away(float64(x - z_in) * M) + z_out, ...). The clamp
+    is [max(qmin, clamp_min), min(qmax, clamp_max)]. `lower-integer` never emits this op: it is
+    the import form of ONNX's (and TFLite's FC) rescaling, to be replaced by `requantize` for
+    integer-only targets.
     """
     if not is_int(x.dtype):
         fail("requantize_float",
@@ -73,17 +84,24 @@ def float_multiplier(s_in: np.ndarray, s_out: np.ndarray, scale_dtype: str) -> n
         return (np.asarray(s_in).astype(t) / np.asarray(s_out).astype(t)).astype(t)
 
 
-def _requantize_float(x, *, rounding, scale_dtype, dtype, in_quant, out_quant):
+def _requantize_float(x, *, rounding, scale_dtype, dtype, in_quant, out_quant,
+                      clamp_min=-(2 ** 31), clamp_max=2 ** 31 - 1):
     qi = _quant_of(in_quant, "input", "requantize_float")
     qo = _quant_of(out_quant, "output", "requantize_float")
     rank = x.ndim
     m = float_multiplier(qi.scale_array(rank), qo.scale_array(rank), scale_dtype)
     centred = x.astype(np.int64) - qi.zero_point_array(rank)
-    # Same operation order as the reference: float64 product, add the zero point, then round.
     real = centred.astype(np.float64) * m.astype(np.float64)
-    real = real + qo.zero_point_array(rank).astype(np.float64)
-    r = np.clip(round_half_even(real), -(2.0 ** 62), 2.0 ** 62).astype(np.int64)
-    return saturate(r, qo.bits, qo.signed).astype(numpy_dtype(dtype))
+    zp_out = qo.zero_point_array(rank)
+    if rounding == "half_even":
+        # ONNX's order: float64 product, add the zero point, then round.
+        r = np.clip(round_half_even(real + zp_out.astype(np.float64)), -(2.0 ** 62), 2.0 ** 62)
+        r = r.astype(np.int64)
+    else:
+        # TFLite's order: round the scaled value, then add the zero point.
+        r = np.clip(round_half_away(real), -(2.0 ** 62), 2.0 ** 62).astype(np.int64) + zp_out
+    lo, hi = max(qo.qmin, clamp_min), min(qo.qmax, clamp_max)
+    return np.clip(r, lo, hi).astype(numpy_dtype(dtype))
 
 
 # As the integer ops: one meaning whatever interpreter mode runs the graph around it.
