@@ -142,6 +142,21 @@ def test_matmul_mul_prelu_lut_pools_and_wide_types(tmp_path):
 
 
 @needs_gcc
+def test_average_pool_with_a_fused_activation_clamp(tmp_path):
+    """lower-integer folds a relu/relu6 on the pool's grid into qavg_pool2d's clamp."""
+    b = IntGraphBuilder("poolclamp", 3)
+    x = b.input((1, 3, 7, 7), "i8")
+    zp = x.quant.zero_point[0]
+    y = b.avg_pool(x, k=3, stride=(2, 2), padding=(1, 1, 1, 1), count_include_pad=False,
+                   clamp=(zp, min(127, zp + 20)))
+    g = b.output(y)
+    codes = b.random_codes(x)
+    (ref,) = qcompile.run(g, [codes], mode="int")
+    assert ref.min() == zp and ref.max() == min(127, zp + 20)  # the clamp really bites
+    assert_bit_exact(g, [codes], tmp_path)
+
+
+@needs_gcc
 def test_unfused_accumulator_feeding_two_requantizes(tmp_path):
     b = IntGraphBuilder("twice", 7)
     x = b.input((1, 3, 7, 7), "i8")

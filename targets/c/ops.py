@@ -353,6 +353,8 @@ def emit_qavg_pool2d(prog: CProgram, node: Node, _rq=None) -> Call:
     fields = _pool_fields(prog, node, a["kernel"], a["stride"], a["padding"], (1, 1))
     lo, hi = (q.qmin, q.qmax) if q is not None else int_range(int_bits(x.dtype),
                                                                is_signed(x.dtype))
+    # A fused relu/relu6 narrows the storage range (the op's optional clamp attributes).
+    lo, hi = max(lo, a.get("clamp_min", lo)), min(hi, a.get("clamp_max", hi))
     fields.update({"count_include_pad": int(a["count_include_pad"]),
                    "zp": prog.zero_point(x, node), "qmin": lo, "qmax": hi})
     params = struct(prog, "qc_pool_t", f"qcp_{node.name}", fields)

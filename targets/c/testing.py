@@ -183,12 +183,13 @@ class IntGraphBuilder:
                                                "ceil_mode": ceil_mode}, x.quant, "maxpool")
 
     def avg_pool(self, x: Value, k=2, stride=(), padding=(0, 0, 0, 0), ceil_mode=False,
-                 count_include_pad=True) -> Value:
+                 count_include_pad=True, clamp: Optional[tuple] = None) -> Value:
         kk = (k, k) if isinstance(k, int) else tuple(k)
-        return self._node("qavg_pool2d", [x], {"kernel": kk, "stride": tuple(stride),
-                                                "padding": tuple(padding), "ceil_mode": ceil_mode,
-                                                "count_include_pad": count_include_pad},
-                          x.quant, "avgpool")
+        attrs = {"kernel": kk, "stride": tuple(stride), "padding": tuple(padding),
+                 "ceil_mode": ceil_mode, "count_include_pad": count_include_pad}
+        if clamp is not None:  # a fused relu/relu6 (lower-integer folds it into the pool)
+            attrs["clamp_min"], attrs["clamp_max"] = clamp
+        return self._node("qavg_pool2d", [x], attrs, x.quant, "avgpool")
 
     def op(self, op: str, inputs, **attrs) -> Value:
         return self._node(op, inputs, attrs, inputs[0].quant, op)
