@@ -79,7 +79,10 @@ DFQ_VARIANTS: dict[str, tuple[str, ...]] = {
     "CLE+abs+BC ana": ("fold-bn", "equalize", "absorb-bias", "calibrate", PER_TENSOR,
                        "bias-correct{method=analytic}"),
 }
-EQUALIZED = ("CLE", "CLE+abs", "CLE+abs+BC emp", "CLE+abs+BC ana")
+#: The variants whose only change from "none" is equalization (and absorption, its companion).
+EQUALIZED = ("CLE", "CLE+abs")
+#: The variants that add bias correction to "CLE+abs".
+CORRECTED = ("CLE+abs+BC emp", "CLE+abs+BC ana")
 
 
 def per_channel_passes(method: str) -> tuple[str, ...]:
@@ -435,13 +438,19 @@ class ModelReport:
         return not math.isnan(value) and self.bench.bar(value, self.bench.float_score)
 
     def equalization_hurts(self) -> list[str]:
-        """The equalized DFQ variants that score below no equalization."""
+        """The equalized DFQ variants that score below no equalization (a failure)."""
         return [k for k in EQUALIZED if not self.dfq[k] >= self.dfq["none"]]
 
+    def correction_hurts(self) -> list[str]:
+        """The bias-corrected variants that score below the same pipeline without the
+        correction (a warning)."""
+        return [k for k in CORRECTED if not self.dfq[k] >= self.dfq["CLE+abs"]]
+
     def sqnr_drops(self, tolerance_db: float = 0.5) -> list[str]:
-        """The equalized DFQ variants whose output SQNR is below no equalization's (a finer
-        signal than the metric; a warning, not a failure)."""
-        return [k for k in EQUALIZED if self.dfq_sqnr[k] < self.dfq_sqnr["none"] - tolerance_db]
+        """Variants whose output SQNR is more than `tolerance_db` below the variant they build
+        on (a finer signal than the metric; a warning, not a failure)."""
+        base = {**{k: "none" for k in EQUALIZED}, **{k: "CLE+abs" for k in CORRECTED}}
+        return [k for k, b in base.items() if self.dfq_sqnr[k] < self.dfq_sqnr[b] - tolerance_db]
 
     @property
     def ours(self) -> float:
@@ -514,6 +523,7 @@ def fmt_delta(bench: Bench, value: float) -> str:
 
 
 def table_a(reports: list[ModelReport]):
+    from rich.markup import escape
     from rich.table import Table
     t = Table(title="(a) W8A8, per-channel weights: fold-bn,calibrate{method=M},quantize")
     for col in ("model", "metric", "float", "method", "ours", "ours - float", "bar", "met"):
@@ -524,7 +534,7 @@ def table_a(reports: list[ModelReport]):
         for i, (method, value) in enumerate(r.per_channel.items()):
             ok = r.bar_met(method)
             t.add_row(b.name if i == 0 else "", b.metric if i == 0 else "",
-                      fmt(b, b.float_score) if i == 0 else "", method, fmt(b, value),
+                      fmt(b, b.float_score) if i == 0 else "", escape(method), fmt(b, value),
                       fmt_delta(b, value - b.float_score), b.bar_text if i == 0 else "",
                       "yes" if ok else "[red]NO[/red]")
     return t
@@ -533,7 +543,8 @@ def table_a(reports: list[ModelReport]):
 def table_b(reports: list[ModelReport]):
     from rich.table import Table
     t = Table(title="(b) W8A8, per-tensor weights: data-free quantization "
-                    "(CLE = equalize, abs = absorb-bias, BC = bias-correct)")
+                    "(CLE = equalize, abs = absorb-bias, BC = bias-correct); red: below none, "
+                    "yellow: below the variant it builds on")
     for col in ("model", "", "float", *DFQ_VARIANTS, "equalization"):
         t.add_column(col, justify="left" if col in ("model", "") else "right")
     for r in reports:
@@ -542,10 +553,13 @@ def table_b(reports: list[ModelReport]):
         b = r.bench
         if b.dfq_prefix:
             t.caption = (t.caption or "") + f"{b.name}: {','.join(b.dfq_prefix)} after fold-bn. "
-        hurts, drops = r.equalization_hurts(), r.sqnr_drops()
-        cells = [fmt(b, r.dfq[k]) if k not in hurts else f"[red]{fmt(b, r.dfq[k])}[/red]"
+        hurts, worse, drops = r.equalization_hurts(), r.correction_hurts(), r.sqnr_drops()
+        cells = [f"[red]{fmt(b, r.dfq[k])}[/red]" if k in hurts else
+                 f"[yellow]{fmt(b, r.dfq[k])}[/yellow]" if k in worse else fmt(b, r.dfq[k])
                  for k in DFQ_VARIANTS]
         flag = "never hurts" if not hurts else f"[bold red]HURTS: {', '.join(hurts)}[/bold red]"
+        if worse:
+            flag += f"; [yellow]BC lowers: {', '.join(k[-7:] for k in worse)}[/yellow]"
         t.add_row(b.name, b.metric, fmt(b, b.float_score), *cells, flag)
         sqnrs = [f"{r.dfq_sqnr[k]:.1f}" if k not in drops else f"[yellow]{r.dfq_sqnr[k]:.1f}[/yellow]"
                  for k in DFQ_VARIANTS]
@@ -578,7 +592,7 @@ def verdicts(report: ModelReport) -> list[str]:
     if not report.bar_met():
         others = [m for m in report.per_channel if m != "minmax" and report.bar_met(m)]
         out.append(f"{b.name}: fold-bn,calibrate,quantize gives {fmt(b, report.ours)}, bar "
-                   f"{b.bar_text}" + (f" (met by: {'; '.join(others)})" if others else
+                   f"{b.bar_text}" + (f" (met by: {'; '.join(o.strip() for o in others)})" if others else
                                       " (no row of table (a) meets it)"))
     if report.dfq and report.equalization_hurts():
         out.append(f"{b.name}: equalization lowers the {b.metric} "
@@ -619,6 +633,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f"--methods: expected some of {', '.join(METHODS)}, got {args.methods}")
 
     from rich.console import Console
+    from rich.markup import escape
     console = Console()
     if not console.is_terminal:  # logs and pipes: wide enough that the tables do not wrap
         console = Console(width=150)
@@ -637,22 +652,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for r in reports:
         for label, passes in r.pipelines.items():
             if label not in METHODS:
-                console.print(f"  {r.bench.name} '{label}': {passes}", soft_wrap=True)
+                console.print(escape(f"  {r.bench.name} '{label.strip()}': {passes}"),
+                              soft_wrap=True)
     console.print(table_b(reports))
     console.print(table_c(reports))
 
     for r in reports:
         for passes, error in r.errors.items():
-            console.print(f"[red]error[/red] {r.bench.name}, {passes}: {error}", soft_wrap=True)
+            console.print(f"[red]error[/red] " + escape(f"{r.bench.name}, {passes}: {error}"),
+                          soft_wrap=True)
         for o in r.ort:
             if o.error:
-                console.print(f"[red]error[/red] {r.bench.name}, onnxruntime {o.activations}/"
-                              f"{o.method}: {o.error}", soft_wrap=True)
+                console.print("[red]error[/red] " + escape(
+                    f"{r.bench.name}, onnxruntime {o.activations}/{o.method}: {o.error}"),
+                    soft_wrap=True)
     if args.quick and "minilm" in names:
         console.print("note: --quick scores MiniLM on 64 sentences; its bar is for the full run")
     failures = [v for r in reports for v in verdicts(r)]
     for f in failures:
-        console.print(f"[bold red]FAIL[/bold red] {f}", soft_wrap=True)
+        console.print(f"[bold red]FAIL[/bold red] {escape(f)}", soft_wrap=True)
     if not failures:
         console.print("[bold green]all bars met[/bold green]")
     return 1 if failures else 0

@@ -97,6 +97,10 @@ def _report_formats(text: str) -> tuple:
     arg("--evaluate", metavar="NPZ",
         help="labelled data (x, y): report float, simulated and integer accuracy"),
     arg("--depfile", metavar="FILE", help="write a Makefile-style depfile of the inputs"),
+    arg("--measure", action="store_true",
+        help="microcontroller targets: cross-compile, run one inference under QEMU and put "
+             "flash, RAM and instructions per inference into report.json (needs "
+             "arm-none-eabi-gcc and qemu-system-arm)"),
     arg("--input-shape", metavar="NAME=D1,D2,...", type=_parse_shape, action="append",
         help="pin an input's shape (ONNX models with dynamic dimensions); repeatable"),
     arg("--force", action="store_true", help="replace an existing output folder"),
@@ -111,7 +115,8 @@ def _compile(args: argparse.Namespace) -> int:
         model=args.model, target=target, output=args.output, calibration=args.calibration,
         pipeline=args.pipeline, backend=args.backend, dump_ir=args.dump_ir,
         reports=args.report, depfile=args.depfile, force=args.force, debug=args.debug,
-        evaluate=args.evaluate, input_shapes=dict(args.input_shape) if args.input_shape else None)
+        evaluate=args.evaluate, input_shapes=dict(args.input_shape) if args.input_shape else None,
+        measure=args.measure)
     console = _console()
     result = compile_model(opts, console=console)
     for d in result.diagnostics:

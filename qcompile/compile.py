@@ -79,6 +79,7 @@ class CompileOptions:
     debug: bool = False
     evaluate: Optional[str] = None               # .npz with x (and labels y)
     input_shapes: Optional[dict] = None
+    measure: bool = False                        # MCU targets: QEMU flash/RAM/instruction counts
 
 
 @dataclass
@@ -515,6 +516,11 @@ def _build(opts, target, backend_name, emit, pipeline, dump, graph, original, ca
         files += sorted(str(p.relative_to(tmp)) for p in (tmp / "ir").glob("*.qir"))
     # the backend's own figures (a real memory plan) beat the estimate when it has them
     check_graph(target, graph, {**memory, **_backend_memory(result.metrics or {})})
+    if opts.measure:
+        t0 = time.perf_counter()
+        result.metrics = {**(result.metrics or {}),
+                          "measured": _measure_on_device(graph, target, backend_name)}
+        timings["measure"] = time.perf_counter() - t0
 
     report = reports.build_report(
         target=target, backend=backend_name, pipeline=str(pipeline), model_path=model_path,
@@ -535,6 +541,26 @@ def _build(opts, target, backend_name, emit, pipeline, dump, graph, original, ca
     reports.write_json(tmp / "manifest.json", manifest)
     return CompileResult(tmp, files + ["manifest.json", "timings.json"], report,
                          {**timings, "passes": pass_times}, graph, list(ctx.diagnostics))
+
+
+def _measure_on_device(graph, target, backend_name: str) -> dict:
+    """Flash, RAM and instructions per inference of the emitted C on the target's emulated
+    Cortex-M (QEMU, deterministic instruction counts, not cycles)."""
+    cpu = (target.backend_options or {}).get("cpu", "")
+    if backend_name != "c" or not str(cpu).startswith("cortex-m"):
+        raise TargetConstraintError(f"--measure runs the C backend's output on an emulated "
+                                    f"Cortex-M; target '{target.name}' has backend "
+                                    f"'{backend_name}' and cpu '{cpu or '-'}'")
+    from .targets.c import toolchain
+    from .targets.c.measure import measure
+    if cpu not in toolchain.BOARDS:
+        raise TargetConstraintError(f"--measure: no emulated board for cpu '{cpu}' (have "
+                                    f"{', '.join(sorted(toolchain.BOARDS))})")
+    if not toolchain.have_arm():
+        raise TargetConstraintError("--measure needs arm-none-eabi-gcc, arm-none-eabi-size and "
+                                    "qemu-system-arm (Debian: gcc-arm-none-eabi "
+                                    "libnewlib-arm-none-eabi qemu-system-arm)")
+    return measure(graph, cpu, target=target)
 
 
 def _backend_memory(metrics: dict) -> dict:

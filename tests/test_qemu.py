@@ -73,3 +73,22 @@ def test_measure_reports_flash_ram_and_instructions():
     # the count is deterministic (icount), and the DSP path executes fewer instructions
     assert measure(g, "cortex-m4", dsp=True)["instructions"] == m["instructions"]
     assert measure(g, "cortex-m4", dsp=False)["instructions"] > m["instructions"]
+
+
+def test_compile_measure_puts_flash_ram_and_instructions_into_the_report(tmp_path):
+    """`qcompile compile --measure` for a Cortex-M target: report.json carries the QEMU figures."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    models = Path(__file__).resolve().parents[1] / "examples" / "models"
+    out = tmp_path / "m7"
+    r = subprocess.run([sys.executable, "-m", "qcompile", "compile", str(models / "digits_cnn.onnx"),
+                        "--target", "cortex-m7", "--calibration", str(models / "digits_calib.npz"),
+                        "-o", str(out), "--measure", "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    measured = json.loads((out / "report.json").read_text())["memory"]["backend"]["measured"]
+    assert measured["cpu"] == "cortex-m7" and measured["bit_exact"] is True
+    assert measured["instructions"] > measured["macs"] > 400_000  # the digits CNN: 452k MACs
+    assert 0 < measured["flash_bytes"] and measured["ram_bytes"] >= measured["arena_bytes"]
+    assert measured["float_symbols"] == []
