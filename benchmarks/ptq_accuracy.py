@@ -355,6 +355,7 @@ def export_onnx(bench: Bench, folder: Path) -> Path:
     onnxruntime recommends before quantize_static, and the counterpart of our fold-bn."""
     import onnx
     import onnxruntime as ort
+    ort.set_default_logger_severity(3)  # errors only: its optimizer's notes are not results
     names = list(bench.inputs)
     dynamic = ({0: torch.export.Dim("batch")},) * len(names) if bench.dynamic_batch else None
     raw = folder / f"{bench.name}.raw.onnx"

@@ -13,9 +13,12 @@ before the model is loaded, and nothing is written until everything succeeded):
   3. the model loads; the calibration data (.npz, a folder of images, or `module:function`)
      is read;
   4. the pipeline runs; the result fits the target (bit widths, memory budget);
-  5. the backend writes its files into a temporary sibling of the output folder, with
-     `report.json` (and `report.html`), `timings.json` and `manifest.json`; the temporary
-     folder is renamed into place.
+  5. the backend writes its files into a temporary sibling of the output folder; with
+     --evaluate, the C backend's files are also built with the host gcc and run on the whole
+     evaluation set in a separate temporary folder (the output gets nothing from it but
+     the figures in report.json);
+  6. `report.json` (and `report.html`), `timings.json` and `manifest.json` are written; the
+     temporary folder is renamed into place.
 
 Everything in the folder except `timings.json` is a function of the inputs: compiling twice
 gives byte-identical files (the manifest lists their hashes; timings.json is left out of it).
@@ -516,6 +519,12 @@ def _build(opts, target, backend_name, emit, pipeline, dump, graph, original, ca
         files += sorted(str(p.relative_to(tmp)) for p in (tmp / "ir").glob("*.qir"))
     # the backend's own figures (a real memory plan) beat the estimate when it has them
     check_graph(target, graph, {**memory, **_backend_memory(result.metrics or {})})
+    if analysis.get("evaluation") is not None:
+        # the emitted files themselves, built and run outside the staged output folder
+        t0 = time.perf_counter()
+        analysis["evaluation"]["compiled"] = reports.evaluate_compiled(
+            graph, target, backend_name, tmp, list(result.files), eval_data, console=console)
+        timings["compiled"] = time.perf_counter() - t0
     if opts.measure:
         t0 = time.perf_counter()
         result.metrics = {**(result.metrics or {}),

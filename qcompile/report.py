@@ -10,7 +10,7 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -100,14 +100,19 @@ class _status:
             return self.cm.__exit__(*exc)
 
 
+def _labels(path: str) -> np.ndarray:
+    from .quant.calibration import CalibrationError
+    with np.load(path) as npz:
+        if "y" not in npz.files:
+            raise CalibrationError(f"evaluation file {path}: needs labels 'y' next to the inputs")
+        return np.asarray(npz["y"]).reshape(-1)
+
+
 def _evaluate(original: Graph, quantized: Graph, final: Graph, path: str) -> dict:
     from .errors import QCompileError
     from .quant.calibration import CalibrationError
     from .quant.sqnr import compare_outputs
-    with np.load(path) as npz:
-        if "y" not in npz.files:
-            raise CalibrationError(f"evaluation file {path}: needs labels 'y' next to the inputs")
-        labels = np.asarray(npz["y"]).reshape(-1)
+    labels = _labels(path)
     res = {"samples": int(labels.size),
            "float_accuracy": compare_outputs(original, path, labels)["float_accuracy"]}
     if any(v.quant is not None for v in quantized.values.values()):
@@ -126,16 +131,13 @@ def _evaluate(original: Graph, quantized: Graph, final: Graph, path: str) -> dic
     return res
 
 
-def _integer_predictions(graph: Graph, path: str) -> np.ndarray:
-    """Top-1 of the integer interpreter on `path` (argmax is the same on a dequantized output,
-    since scales are positive)."""
-    from .interp.interpreter import Interpreter
+def _integer_batches(graph: Graph, path: str) -> Iterator[list[np.ndarray]]:
+    """The evaluation data in batches, one array per input of `graph` in order, as the
+    integer graph takes it: float data for an integer input is quantized with its parameters."""
     from .quant.calibration import iter_calibration
     from .quant.intmath import quantize_float
-    interp = Interpreter(graph, "int")
-    preds = []
     for batch in iter_calibration(path, _float_view(graph)):
-        feed = {}
+        feed = []
         for v in graph.inputs:
             a = batch[v.name]
             if is_int(v.type.dtype) and v.quant is not None and np.issubdtype(a.dtype, np.floating):
@@ -143,10 +145,95 @@ def _integer_predictions(graph: Graph, path: str) -> np.ndarray:
                 a = quantize_float(a, q.scale_array(a.ndim).astype(np.float32),
                                    q.zero_point_array(a.ndim), q.qmin, q.qmax, "half_even")
                 a = a.astype(numpy_dtype(v.type.dtype))
-            feed[v.name] = a
+            feed.append(a)
+        yield feed
+
+
+def _integer_predictions(graph: Graph, path: str) -> np.ndarray:
+    """Top-1 of the integer interpreter on `path` (argmax is the same on a dequantized output,
+    since scales are positive)."""
+    from .interp.interpreter import Interpreter
+    interp = Interpreter(graph, "int")
+    preds = []
+    for feed in _integer_batches(graph, path):
         out = np.asarray(interp.run(feed)[0])
         preds.append(np.argmax(out, axis=-1).reshape(-1))
     return np.concatenate(preds)
+
+
+# ---- the compiled C model ------------------------------------------------------------------------
+#: How the emitted C is run, as report.json names it.
+HOST_RUNNER = "host gcc"
+
+
+def evaluate_compiled(graph: Graph, target: Any, backend: str, emitted: Path,
+                      files: Sequence[str], path: str, console: Any = None) -> dict:
+    """`evaluation.compiled` of report.json: the C the backend wrote into `emitted` (the
+    `files` it listed), built with the host gcc and the dataset driver in a temporary folder
+    of its own (nothing is added to `emitted`), run on every sample of `path`, and compared
+    with the integer interpreter at the C boundary: the integer tensors model_run_io reads and
+    writes. `skipped` says why it did not run (no C backend, no gcc, a failed build)."""
+    if backend != "c":
+        return _not_compiled(f"the backend is '{backend}', not 'c'")
+    from .targets.c import toolchain as tc
+    if not tc.have_host_cc():
+        return _not_compiled("no host C compiler (gcc) on PATH")
+    import tempfile
+    from .errors import QCompileError
+    from .targets.c.emitter import CProgram
+    from .targets.c.testing import boundary_arrays
+    labels = _labels(path)
+    dsp = bool((getattr(target, "backend_options", None) or {}).get("dsp", False))
+    # the program the backend emitted: the same graph gives the same ports (one batch item
+    # per call for a dynamic batch); the driver checks the record sizes it reads
+    prog = CProgram(graph)
+    with _status(console, "building and running the compiled C model"), \
+            tempfile.TemporaryDirectory(prefix="qcompile-evaluate-") as tmp:
+        work = Path(tmp)
+        src = work / "src"
+        src.mkdir()
+        for f in files:  # a copy: gcc and the driver never touch the output being staged
+            if f.endswith((".c", ".h")):
+                (src / f).parent.mkdir(parents=True, exist_ok=True)
+                (src / f).write_bytes((Path(emitted) / f).read_bytes())
+        try:
+            exe = tc.host_build(src, work / "model_eval", dsp=dsp, driver="dataset_driver.c")
+            ins, refs = [], []
+            for feed in _integer_batches(graph, path):
+                i, r = boundary_arrays(graph, feed, prog)
+                ins.append(i)
+                refs.append(r)
+            c_in = [np.concatenate(parts) for parts in zip(*ins)]
+            ref = [np.concatenate(parts) for parts in zip(*refs)]
+            got = tc.run_host_dataset(exe, prog, c_in, work)
+        except QCompileError as exc:  # keep the report free of the random build folder
+            reason = str(exc).replace(str(work), "<build>").strip().splitlines()[0]
+            return _not_compiled(f"building or running the C model failed: {reason}")
+    mismatches = sum(int(np.count_nonzero(g != r)) if g.shape == r.shape else int(r.size)
+                     for g, r in zip(got, ref))
+    preds = np.argmax(_dequantized(got[0], prog.outputs[0].value), axis=-1).reshape(-1)
+    if preds.size != labels.size:
+        from .quant.calibration import CalibrationError
+        raise CalibrationError(f"evaluation file {path}: {labels.size} labels for "
+                               f"{preds.size} predictions of the compiled C model")
+    return {"runner": HOST_RUNNER, "accuracy": float(np.mean(preds == labels)),
+            "bit_exact": mismatches == 0, "mismatches": mismatches,
+            "compared": int(sum(r.size for r in ref))}
+
+
+def _not_compiled(reason: str) -> dict:
+    return {"runner": None, "accuracy": None, "bit_exact": None, "mismatches": None,
+            "compared": None, "skipped": reason}
+
+
+def _dequantized(codes: np.ndarray, v: Value) -> np.ndarray:
+    """The real values of C output codes (argmax over integer codes would be wrong for
+    per-channel output scales)."""
+    q = v.quant
+    if q is None:
+        return codes
+    return (codes.astype(np.float64) - q.zero_point_array(codes.ndim)) * \
+        q.scale_array(codes.ndim)
 
 
 def _float_view(graph: Graph) -> Graph:
@@ -323,7 +410,7 @@ def print_summary(report: dict, timings: dict, output: Path, console) -> None:
     passes.add_column("seconds", justify="right")
     for name, secs in timings.get("passes", {}).items():
         passes.add_row(name, f"{secs:.3f}")
-    for stage in ("load", "analysis", "emit"):
+    for stage in ("load", "analysis", "emit", "compiled"):
         if stage in timings:
             passes.add_row(f"({stage})", f"{timings[stage]:.3f}")
     console.print(passes)
@@ -350,8 +437,18 @@ def print_summary(report: dict, timings: dict, output: Path, console) -> None:
             parts.append("integer " + ("n/a (" + ev.get("integer_error", "") + ")"
                                        if ev["integer_accuracy"] is None
                                        else f"{100 * ev['integer_accuracy']:.2f} %"))
+        if ev.get("compiled"):
+            parts += _compiled_summary(ev["compiled"])
         console.print(f"accuracy on {ev['samples']} samples: " + ", ".join(parts))
     console.print(f"wrote {output}")
+
+
+def _compiled_summary(c: dict) -> list[str]:
+    if c.get("runner") is None:
+        return [f"compiled C not run ({c.get('skipped')})"]
+    agree = ("bit-exact with the interpreter" if c["bit_exact"] else
+             f"{c['mismatches']} of {c['compared']} output values differ from the interpreter")
+    return [f"compiled C ({c['runner']}) {100 * c['accuracy']:.2f} %", agree]
 
 
 def _kib(n: int) -> str:
@@ -549,6 +646,12 @@ def _cards(report: dict) -> str:
                        ("integer_accuracy", "integer accuracy")):
         if ev.get(key) is not None:
             cards.append((label, f"{100 * ev[key]:.2f} %"))
+    compiled = ev.get("compiled") or {}
+    if compiled.get("accuracy") is not None:
+        cards.append((f"compiled C accuracy ({compiled['runner']})",
+                      f"{100 * compiled['accuracy']:.2f} %"))
+        cards.append(("compiled C vs interpreter", "bit-exact" if compiled["bit_exact"] else
+                      f"{compiled['mismatches']} values differ"))
     return "".join(f'<div class="card">{_e(k)}<b>{_e(v)}</b></div>' for k, v in cards)
 
 

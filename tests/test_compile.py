@@ -175,6 +175,101 @@ def test_force_replaces_an_output_folder(tiny):
     assert leftovers(tiny["dir"]) == []
 
 
+# ---- --evaluate runs the compiled C model --------------------------------------------------------
+def _has_gcc() -> bool:
+    if not backend_available("c"):
+        return False
+    from qcompile.targets.c import toolchain
+    return toolchain.have_host_cc()
+
+
+needs_c = pytest.mark.skipif(not (HAS_LOWERING and _has_gcc()),
+                             reason="needs lower-integer, the C backend and a host gcc")
+
+
+def c_args(t: dict, out: Path, *extra: str) -> list[str]:
+    """compile_args for the target's own backend (c99: the C backend), with a summary."""
+    args = [a for a in compile_args(t, out, *extra) if a not in ("--backend", "none", "--quiet")]
+    return args
+
+
+def emitted_c(folder: Path) -> dict:
+    return {f: h for f, h in hashes(folder).items() if f.endswith((".c", ".h", ".mk", ".txt"))}
+
+
+@needs_c
+def test_evaluate_builds_and_runs_the_emitted_c_outside_the_output(tiny, capsys):
+    plain, evaluated = tiny["dir"] / "plain", tiny["dir"] / "evaluated"
+    assert cli.main(c_args(tiny, plain, "-q")) == 0
+    capsys.readouterr()
+    assert cli.main(c_args(tiny, evaluated, "--evaluate", str(tiny["test"]),
+                           "--report", "json,html")) == 0
+    stdout = capsys.readouterr().out
+    ev = json.loads((evaluated / "report.json").read_text())["evaluation"]
+    compiled = ev["compiled"]
+    assert compiled["runner"] == "host gcc"
+    assert compiled["bit_exact"] is True and compiled["mismatches"] == 0
+    assert compiled["compared"] == 40 * 3           # every sample, every logit
+    assert compiled["accuracy"] == ev["integer_accuracy"]
+    assert (f"integer {100 * ev['integer_accuracy']:.2f} %, compiled C (host gcc) "
+            f"{100 * compiled['accuracy']:.2f} %, bit-exact with the interpreter\nwrote"
+            ) in stdout
+    # the output folder holds what it holds without --evaluate: same C bytes, no build files
+    assert "compiled C accuracy (host gcc)" in (evaluated / "report.html").read_text()
+    assert emitted_c(evaluated) == emitted_c(plain) and emitted_c(plain)
+    manifest = json.loads((evaluated / "manifest.json").read_text())
+    assert sorted(p.name for p in evaluated.iterdir()) == sorted(
+        [*manifest["files"], "manifest.json", "timings.json"])
+    assert leftovers(tiny["dir"]) == []
+
+
+@needs_c
+def test_compiled_evaluation_counts_outputs_that_differ(tiny, tmp_path):
+    import re
+    from qcompile import report as reports
+    from qcompile.compile import CompileOptions, compile_model
+    from qcompile.targets import get_target
+    from qcompile.targets.c import FILES
+    target = get_target("c99")
+    result = compile_model(CompileOptions(model=str(tiny["model"]), target=target,
+                                          output=str(tmp_path / "out"),
+                                          calibration=str(tiny["calib"])))
+    tampered = tmp_path / "tampered"
+    tampered.mkdir()
+    for f in FILES:
+        (tampered / f).write_bytes((result.output / f).read_bytes())
+    weights = (tampered / "model_weights.c").read_text()
+    # the first bias array (the conv's): its first channel shifted far off
+    changed = re.sub(r"(const int32_t qcb_\w+\[\d+\] = \{\s*)(-?\d+)", r"\g<1>(\2 + 100000)",
+                     weights, count=1)
+    assert changed != weights
+    (tampered / "model_weights.c").write_text(changed)
+    args = (result.graph, target, "c")
+    good = reports.evaluate_compiled(*args, result.output, FILES, str(tiny["test"]))
+    bad = reports.evaluate_compiled(*args, tampered, FILES, str(tiny["test"]))
+    assert good["bit_exact"] is True and good["mismatches"] == 0
+    assert bad["bit_exact"] is False and 0 < bad["mismatches"] <= bad["compared"] == 120
+    assert "skipped" not in bad
+
+
+def test_compiled_evaluation_says_why_it_did_not_run(tiny, capsys, monkeypatch):
+    out = tiny["dir"] / "out"
+    args = [a for a in compile_args(tiny, out, "--evaluate", str(tiny["test"])) if a != "--quiet"]
+    assert cli.main(args) == 0
+    compiled = json.loads((out / "report.json").read_text())["evaluation"]["compiled"]
+    assert compiled == {"runner": None, "accuracy": None, "bit_exact": None, "mismatches": None,
+                        "compared": None, "skipped": "the backend is 'none', not 'c'"}
+    assert "compiled C not run (the backend is 'none', not 'c')" in \
+        " ".join(capsys.readouterr().out.split())  # rich may wrap the long line
+    if not (HAS_LOWERING and backend_available("c")):
+        return
+    from qcompile.targets.c import toolchain
+    monkeypatch.setattr(toolchain, "have_host_cc", lambda: False)
+    assert cli.main(c_args(tiny, tiny["dir"] / "no_gcc", "--evaluate", str(tiny["test"]))) == 0
+    assert "compiled C not run (no host C compiler (gcc) on PATH)" in \
+        " ".join(capsys.readouterr().out.split())
+
+
 # ---- calibration sources -------------------------------------------------------------------------
 def _write_images(folder: Path, n: int = 6) -> None:
     from PIL import Image
@@ -405,3 +500,20 @@ def test_digits_model_compiles_and_keeps_its_accuracy(tmp_path):
     first, second = hashes(out), hashes(again)
     assert {f for f in first if first[f] != second.get(f)} == {"timings.json"}
     assert set(first) == set(second)
+
+
+@pytest.mark.slow
+@needs_c
+def test_digits_compiled_c_model_matches_the_interpreter(tmp_path):
+    out = tmp_path / "digits"
+    r = qc("compile", MODELS / "digits_cnn.onnx", "-t", "c99",
+           "-c", MODELS / "digits_calib.npz", "--evaluate", MODELS / "digits_test.npz", "-o", out)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((out / "report.json").read_text())["evaluation"]
+    compiled = ev["compiled"]
+    assert compiled["runner"] == "host gcc" and compiled["accuracy"] >= 0.991
+    assert compiled["bit_exact"] is True and compiled["mismatches"] == 0
+    assert compiled["compared"] == 450 * 10
+    assert compiled["accuracy"] == ev["integer_accuracy"]
+    assert (f"integer {100 * ev['integer_accuracy']:.2f} %, compiled C (host gcc) "
+            f"{100 * compiled['accuracy']:.2f} %, bit-exact with the interpreter") in r.stdout

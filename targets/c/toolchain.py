@@ -76,11 +76,11 @@ def _kernel_object(src: Path, dsp: bool, opt: str, extra: Sequence[str]) -> Path
 
 
 def host_build(src: Path, exe: Path, dsp: bool = False, opt: str = "-O2",
-               extra: Sequence[str] = ()) -> Path:
-    """Compile the emitted sources in `src` with the test driver into `exe` (warnings are
-    errors)."""
+               extra: Sequence[str] = (), driver: str = "driver.c") -> Path:
+    """Compile the emitted sources in `src` with a driver from support/ into `exe` (warnings
+    are errors): `driver.c` runs one inference, `dataset_driver.c` one per input record."""
     src = Path(src)
-    files = [src / f for f in MODEL_SOURCES if f != "qc_kernels.c"] + [SUPPORT / "driver.c"]
+    files = [src / f for f in MODEL_SOURCES if f != "qc_kernels.c"] + [SUPPORT / driver]
     run(["gcc", *WARNINGS, opt, f"-DQC_DSP={int(dsp)}", f"-I{src}", *extra, *files,
          _kernel_object(src, dsp, opt, extra), "-o", exe])
     return Path(exe)
@@ -122,6 +122,62 @@ def run_host(exe: Path, prog, inputs: Sequence[np.ndarray], workdir: Path) -> li
     write_inputs(workdir / "input.bin", inputs, ins)
     run([exe, workdir / "input.bin", workdir / "output.bin"], cwd=workdir)
     return read_outputs(workdir / "output.bin", outs)
+
+
+def call_batch(prog) -> int:
+    """Samples one model_run_io call takes: the leading dimension every port shares (1 when
+    the graph's batch is dynamic, since the backend emits one batch item per call)."""
+    ins, outs = ports(prog)
+    leading = {s.shape[0] if s.shape else None for s in ins + outs}
+    if len(leading) != 1 or None in leading:
+        shapes = ", ".join(str(tuple(s.shape)) for s in ins + outs)
+        raise ToolchainError(f"graph @{prog.graph.name}: its C inputs and outputs {shapes} do "
+                             f"not share a leading batch dimension, so a data set cannot be "
+                             f"split into model_run_io calls")
+    return int(leading.pop())
+
+
+def run_host_dataset(exe: Path, prog, inputs: Sequence[np.ndarray],
+                     workdir: Path) -> list[np.ndarray]:
+    """Run a `dataset_driver.c` build of `prog` on N samples: `inputs` are the C boundary
+    tensors with the samples along axis 0. They are cut into model_run_io calls of
+    `call_batch(prog)` samples (the last one padded by repeating its final sample, whose
+    results are dropped), all run by one process; returns the outputs, N samples each."""
+    ins, outs = ports(prog)
+    if len(inputs) != len(ins):
+        raise ToolchainError(f"graph @{prog.graph.name}: {len(inputs)} input arrays for "
+                             f"{len(ins)} C inputs")
+    batch = call_batch(prog)
+    n = int(np.asarray(inputs[0]).shape[0]) if len(inputs) else 0
+    calls = -(-n // batch)
+    if n == 0:
+        return [np.zeros((0, *s.shape[1:]), s.dtype) for s in outs]
+    records = []
+    for i, (a, s) in enumerate(zip(inputs, ins)):
+        a = np.asarray(a)
+        if a.shape[0] != n or a.shape[1:] != tuple(s.shape[1:]):
+            raise ToolchainError(f"graph @{prog.graph.name}: C input {i} takes samples of "
+                                 f"shape {tuple(s.shape[1:])}; got an array of shape {a.shape} "
+                                 f"({n} samples expected)")
+        if calls * batch > n:
+            a = np.concatenate([a, np.repeat(a[-1:], calls * batch - n, axis=0)])
+        le = np.ascontiguousarray(a, s.dtype).astype(s.dtype.newbyteorder("<"))
+        records.append(le.view(np.uint8).reshape(calls, -1))
+    workdir = Path(workdir)
+    (workdir / "dataset_in.bin").write_bytes(np.concatenate(records, axis=1).tobytes())
+    run([exe, workdir / "dataset_in.bin", workdir / "dataset_out.bin"], cwd=workdir)
+    data = np.frombuffer((workdir / "dataset_out.bin").read_bytes(), np.uint8)
+    sizes = [int(np.prod(s.shape, dtype=np.int64)) * s.dtype.itemsize for s in outs]
+    if data.size != calls * sum(sizes):
+        raise ToolchainError(f"{exe} wrote {data.size} bytes for {calls} calls of "
+                             f"{sum(sizes)} output bytes each")
+    table, result, pos = data.reshape(calls, -1), [], 0
+    for s, size in zip(outs, sizes):
+        raw = np.ascontiguousarray(table[:, pos:pos + size])
+        a = raw.view(s.dtype.newbyteorder("<")).astype(s.dtype)
+        result.append(a.reshape(calls * batch, *s.shape[1:])[:n])
+        pos += size
+    return result
 
 
 # ---------------------------------------------------------------------------------- Cortex-M
