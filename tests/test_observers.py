@@ -244,3 +244,14 @@ def test_entropy_clips_outliers_and_keeps_dense_ranges():
     o2.observe(relu)
     lo, hi = o2.range()
     assert float(lo) == relu.min() and float(hi) > 5.5
+
+
+def test_entropy_never_clips_one_sided_data_to_an_empty_range():
+    """All-positive data far from zero (token counts in [9, 21]): the KL search must not pick a
+    threshold below the smallest value, which would give lo > hi."""
+    from qcompile.quant.observers import EntropyObserver
+    rng = np.random.default_rng(0)
+    obs = EntropyObserver()
+    obs.observe(rng.integers(9, 22, 4096).astype(np.float32))
+    lo, hi = (float(np.asarray(v)) for v in obs.range())
+    assert 9.0 - 1e-6 <= lo <= hi <= 21.0 + 1e-6 and hi >= 9.0

@@ -392,7 +392,14 @@ class EntropyObserver(_HistogramObserver):
         amax = max(-h.min, h.max)
         if ah.size <= self.quant_bins:  # fewer bins than levels: nothing to gain by clipping
             return h.min, h.max
-        div = kl_divergences(ah, self.quant_bins)
+        div = np.asarray(kl_divergences(ah, self.quant_bins), dtype=np.float64)
+        # Data that do not straddle zero (e.g. token counts in [9, 21]) must not be clipped below
+        # their smallest magnitude: that threshold would leave an empty range.
+        min_abs = 0.0 if h.min <= 0.0 <= h.max else min(abs(h.min), abs(h.max))
+        thresholds = (self.quant_bins + np.arange(div.size)) * h.width
+        div = np.where(thresholds >= min_abs, div, np.inf)
+        if not np.isfinite(div).any():
+            return h.min, h.max
         i = self.quant_bins + int(np.argmin(div))
         t = min(i * h.width, amax)
         return max(h.min, -t), min(h.max, t)
