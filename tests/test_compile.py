@@ -252,6 +252,26 @@ def test_compiled_evaluation_counts_outputs_that_differ(tiny, tmp_path):
     assert "skipped" not in bad
 
 
+@needs_c
+def test_dataset_runner_cuts_the_set_into_calls_of_the_emitted_batch(tiny, tmp_path):
+    """Code emitted for 3 samples per call, run on 40: 14 calls, the last one padded."""
+    from qcompile.compile import CompileOptions, compile_model
+    from qcompile.targets import get_target
+    from qcompile.targets.c import emit_c, toolchain
+    from qcompile.targets.c.testing import boundary_arrays
+    result = compile_model(CompileOptions(model=str(tiny["model"]), target=get_target("c99"),
+                                          output=str(tmp_path / "out"),
+                                          calibration=str(tiny["calib"])))
+    prog = emit_c(result.graph, tmp_path / "batch3", batch=3)
+    assert toolchain.call_batch(prog) == 3
+    exe = toolchain.host_build(tmp_path / "batch3", tmp_path / "run", driver="dataset_driver.c")
+    ins, ref = boundary_arrays(result.graph, [np.load(tiny["test"])["x"]], prog)
+    got = toolchain.run_host_dataset(exe, prog, ins, tmp_path)
+    assert len(got) == 1 and got[0].shape == ref[0].shape == (40, 3)
+    assert got[0].dtype == ref[0].dtype and np.array_equal(got[0], ref[0])
+    assert (tmp_path / "dataset_out.bin").stat().st_size == 14 * 3 * 3  # i8 logits
+
+
 def test_compiled_evaluation_says_why_it_did_not_run(tiny, capsys, monkeypatch):
     out = tiny["dir"] / "out"
     args = [a for a in compile_args(tiny, out, "--evaluate", str(tiny["test"])) if a != "--quiet"]

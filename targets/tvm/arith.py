@@ -18,6 +18,7 @@ from tvm import tirx as tir
 Expr = Union[int, "tir.PrimExpr"]
 
 I64 = "int64"
+INLINE = True
 
 
 def expr(e):
@@ -42,7 +43,7 @@ def let(value, body, name: str = "t"):
     """`body(v)` with `v` bound once to `value`: without it, formulas that use a value several
     times (srdhm, rdbpot, nested rescalings) grow exponentially as expression trees."""
     value = expr(value)
-    if isinstance(value, (tir.IntImm, tir.Var)):
+    if INLINE or isinstance(value, (tir.IntImm, tir.Var)):
         return body(value)
     var = tir.Var(name, dtype_of(value))
     return tir.Let(var, value, body(var))
