@@ -770,28 +770,4 @@ def project_layer(layer: MacLayer, bits: int, inputs: Sequence[tuple],
     return proj, info
 
 
-# --------------------------------------------------------------------------- the wide add
-
-def _register_accumulator_add() -> None:
-    """An "int" kernel for `add` on i32 accumulators: the wide sum of split partial
-    accumulators. Accumulators have zero point 0 and share one scale, so adding their codes is
-    adding their values; narrower integers carry zero points and need `qadd` instead. The sum
-    is exact in int64 and must fit i32 (it raises instead of wrapping)."""
-    from .intmath import IntegerOverflowError
-    add = registry.get("add")
-    if "int" in add.kernels:
-        return
-
-    def _add_int(a, b):
-        if a.dtype != np.int32 or b.dtype != np.int32:
-            raise QuantError(f"integer add is defined for i32 accumulators only, got {a.dtype} "
-                             f"and {b.dtype}; quantized 8-bit tensors are added with qadd")
-        out = a.astype(np.int64) + b.astype(np.int64)
-        if out.size and (out.min() < -(1 << 31) or out.max() > (1 << 31) - 1):
-            raise IntegerOverflowError("add of i32 accumulators leaves int32")
-        return out.astype(np.int32)
-
-    add.kernel("int")(_add_int)
-
-
-_register_accumulator_add()
+# The wide sum of split partial accumulators is `add`'s "int" kernel (qcompile/ir/ops/defs/integer.py).

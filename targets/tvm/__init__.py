@@ -33,20 +33,20 @@ def build(graph, target: Any = None, batch: int = 1, schedule: bool = True):
     """Compile `graph` for `target` (a TVM target dict or string, a catalog Target, or None
     for this machine's CPU); returns a callable `TVMModule`."""
     require_tvm()
-    from .build import build as _build
+    from .compiler import build as _build
     return _build(graph, target, batch, schedule)
 
 
 def export(module, out_dir) -> list[str]:
     require_tvm()
-    from .build import export as _export
+    from .compiler import export as _export
     return _export(module, out_dir)
 
 
 def load(path, device: str | None = None):
     """The exported model in folder `path` as a callable: model(*inputs) -> [outputs]."""
     require_tvm()
-    from .build import load as _load
+    from .compiler import load as _load
     return _load(path, device)
 
 

@@ -18,7 +18,6 @@ from tvm import tirx as tir
 Expr = Union[int, "tir.PrimExpr"]
 
 I64 = "int64"
-INLINE = True
 
 
 def expr(e):
@@ -39,16 +38,6 @@ def i64(v: Expr):
     return v if dtype_of(v) == I64 else v.astype(I64)
 
 
-def let(value, body, name: str = "t"):
-    """`body(v)` with `v` bound once to `value`: without it, formulas that use a value several
-    times (srdhm, rdbpot, nested rescalings) grow exponentially as expression trees."""
-    value = expr(value)
-    if INLINE or isinstance(value, (tir.IntImm, tir.Var)):
-        return body(value)
-    var = tir.Var(name, dtype_of(value))
-    return tir.Let(var, value, body(var))
-
-
 def _pow2(e: Expr):
     if isinstance(e, int):
         return tir.const(1 << e, I64)
@@ -56,29 +45,29 @@ def _pow2(e: Expr):
 
 
 def srdhm(a, m0: Expr):
-    """SaturatingRoundingDoublingHighMul of int32 values held in int64 (intmath.srdhm).
+    """SaturatingRoundingDoublingHighMul of int32 values held in int64 (intmath.srdhm):
+    trunc((a*m0 + nudge) / 2**31), nudge = 2**30 if a*m0 >= 0 else 1 - 2**30.
 
-    The INT32_MIN * INT32_MIN saturation cannot occur: Q31 multipliers are never negative."""
-    def on_product(ab):
-        nudge = tir.Select(ab >= 0, tir.const(1 << 30, I64), tir.const(1 - (1 << 30), I64))
-        # truncating division by 2**31 (C semantics), not a floor shift
-        return let(ab + nudge, lambda s: tir.Select(s >= 0, s >> tir.const(31, I64),
-                                                   -((-s) >> tir.const(31, I64))), "s")
-    return let(a * i64(m0), on_product, "ab")
+    The INT32_MIN * INT32_MIN saturation cannot occur: Q31 multipliers are never negative.
+    Each formula here uses its operand at most twice: TVM's simplifier is slow on expression
+    trees that repeat subterms, and nesting multiplies the repeats."""
+    ab = a * i64(m0)
+    nudge = tir.Select(ab >= 0, tir.const(1 << 30, I64), tir.const(1 - (1 << 30), I64))
+    return tir.truncdiv(ab + nudge, tir.const(1 << 31, I64))
 
 
 def rdbpot(x, e: Expr):
-    """RoundingDivideByPOT (intmath.rdbpot): x / 2**e, ties away from zero."""
-    if isinstance(e, int) and e == 0:
-        return x
+    """RoundingDivideByPOT (intmath.rdbpot): x / 2**e rounded half away from zero.
 
-    def on_x(x):
-        mask = _pow2(e) - tir.const(1, I64)
-        rem = x & mask
-        thr = (mask >> tir.const(1, I64)) + tir.Select(x < 0, tir.const(1, I64),
-                                                       tir.const(0, I64))
-        return (x >> i64(e)) + tir.Select(rem > thr, tir.const(1, I64), tir.const(0, I64))
-    return let(x, on_x, "q")
+    intmath's `(x >> e) + (rem > thr)` rounds ties away from zero; so does
+    trunc((x + sign(x) * 2**(e-1)) / 2**e), which is what this computes (exact in int64)."""
+    if isinstance(e, int):
+        if e == 0:
+            return x
+        half = tir.const(1 << (e - 1), I64)
+    else:
+        half = _pow2(e) >> tir.const(1, I64)  # e = 0: half 0, division by 1
+    return tir.truncdiv(x + tir.Select(x < 0, -half, half), _pow2(e))
 
 
 def _left_right(shift: Expr):
@@ -92,10 +81,7 @@ def requantize(x, m0: Expr, shift: Expr, rounding: str):
     """x * m0 * 2**(shift - 31) rounded per `rounding` (intmath.requantize / shift_requantize).
 
     `x` is an int64 expression holding an int32 value; the result is int64."""
-    return let(i64(x), lambda x: _requantize(x, m0, shift, rounding), "x")
-
-
-def _requantize(x, m0: Expr, shift: Expr, rounding: str):
+    x = i64(x)
     if rounding == "shift_only":
         left, right = _left_right(shift)
         if isinstance(shift, int):
@@ -108,14 +94,12 @@ def _requantize(x, m0: Expr, shift: Expr, rounding: str):
     if rounding in ("single_half_up", "single_half_away"):
         n = (31 - shift) if isinstance(shift, int) else tir.const(31, I64) - shift
         half = _pow2(n - 1)
-
-        def on_product(prod):
-            if rounding == "single_half_away":
-                offset = tir.Select(prod >= 0, half, half - tir.const(1, I64))
-            else:
-                offset = half
-            return (prod + offset) >> i64(n)
-        return let(x * i64(m0), on_product, "prod")
+        prod = x * i64(m0)
+        if rounding == "single_half_away":
+            offset = tir.Select(prod >= 0, half, half - tir.const(1, I64))
+        else:
+            offset = half
+        return (prod + offset) >> i64(n)  # arithmetic shift: floor
     raise ValueError(f"unknown requantization rounding {rounding!r}")
 
 
@@ -128,15 +112,12 @@ def wrap(acc, bits: int):
 def clamp_cast(y, lo: int, hi: int, dtype: str):
     """clip(y, lo, hi) stored as `dtype`."""
     dt = dtype_of(y)
-    return let(y, lambda y: tir.min(tir.max(y, tir.const(lo, dt)), tir.const(hi, dt)).astype(dtype),
-               "y")
+    return tir.min(tir.max(y, tir.const(lo, dt)), tir.const(hi, dt)).astype(dtype)
 
 
 def div_round_away(num, den):
-    """num / den rounded half away from zero, exactly, for den > 0 (int64 expressions)."""
+    """num / den rounded half away from zero, exactly, for den > 0 (int64 expressions):
+    trunc((2 num + sign(num) den) / (2 den))."""
+    num = i64(num)
     two = tir.const(2, I64)
-
-    def on_num(num):
-        return let(tir.floordiv(two * tir.abs(num) + den, two * den),
-                   lambda mag: tir.Select(num < 0, -mag, mag), "mag")
-    return let(num, on_num, "num")
+    return tir.truncdiv(two * num + tir.Select(num < 0, -den, den), two * den)

@@ -181,11 +181,13 @@ def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
     wdt = _narrowest(wc)
-    wt = k.input(low.param(f"{w.name}.centred", wc.astype(wdt)), wc.shape, wdt, "w")
+    # stored (in, out): the output channels are contiguous, so the schedule vectorises them
+    wT = np.ascontiguousarray(wc.T)
+    wt = k.input(low.param(f"{w.name}.centred_t", wT.astype(wdt)), wT.shape, wdt, "w")
     ct = k.input(low.param(f"{node.name}.const", const.astype(acc_dt)), (o,), acc_dt, "c")
     rk = te.reduce_axis((0, kdim), "rk")
     acc = te.compute(out_shape, lambda *idx: te.sum(
-        xt(*idx[:-1], rk).astype(acc_dt) * wt[idx[-1], rk].astype(acc_dt), axis=rk), name="acc")
+        xt(*idx[:-1], rk).astype(acc_dt) * wt[rk, idx[-1]].astype(acc_dt), axis=rk), name="acc")
     rank = len(out_shape)
     finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
 
@@ -241,6 +243,7 @@ def lower_requantize(low: Lowering, node: Node, _rq=None):
 
 
 def _binary_inputs(low: Lowering, node: Node, k: Kernel):
+    """(output shape, centred a at an output index, centred b at an output index)."""
     a_v, b_v = node.inputs
     out_shape = low.shape(node.output)
     rank = len(out_shape)
@@ -258,14 +261,18 @@ def _lower_qaddsub(low: Lowering, node: Node, sign: int):
     zy = low.zero_point(node.output, node)
     r = a["rounding"]
     lift = 1 << a["left_shift"]
+    # The input rescalings are stages of their own: nesting three requantize formulas in one
+    # expression makes TVM's expression handling blow up.
+    sa = te.compute(out_shape, lambda *idx: arith.requantize(
+        ac(idx) * i64(lift), a["a_multiplier"], a["a_shift"], r), name="sa")
+    sb = te.compute(out_shape, lambda *idx: arith.requantize(
+        bc(idx) * i64(lift), a["b_multiplier"], a["b_shift"], r), name="sb")
 
     def fn(*idx):
-        sa = arith.requantize(ac(idx) * i64(lift), a["a_multiplier"], a["a_shift"], r)
-        sb = arith.requantize(bc(idx) * i64(lift), a["b_multiplier"], a["b_shift"], r)
-        raw = sa + sb if sign > 0 else sa - sb
+        raw = sa(*idx) + sb(*idx) if sign > 0 else sa(*idx) - sb(*idx)
         y = arith.requantize(raw, a["out_multiplier"], a["out_shift"], r) + i64(zy)
         return arith.clamp_cast(y, a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
-    return k.finish(te.compute(out_shape, fn, name="out"))
+    return k.finish(te.compute(out_shape, fn, name="out"), "elementwise_staged")
 
 
 @tvm_op("qadd")

@@ -26,6 +26,7 @@ from ....errors import OpError
 from ....quant.intmath import (INT32_MAX, INT32_MIN, REQUANT_ROUNDINGS, IntegerOverflowError,
                                requantize, round_half_away, shift_requantize)
 from ...types import TensorType, int_bits, int_range, is_signed, numpy_dtype
+from .. import registry
 from ..registry import AttrSpec, OpDef, register_op
 from . import nn, pool, quant, shape
 from .common import broadcast_shapes, fail, fmt, is_int, norm_axis
@@ -542,3 +543,17 @@ def _pad_int(x, *, pads, mode, value):
             raise ValueError(f"pad on {x.dtype}: fill value {value!r} is not an integer code "
                              f"of the dtype")
     return shape.pad.kernels["float"](x, pads=pads, mode=mode, value=value)
+
+
+@registry.get("add").kernel("int")
+def _add_accumulators(a, b):
+    """`add` in an integer graph sums i32 accumulators (zero point 0, one shared scale), e.g. the
+    partial sums of a reduction that check-accumulator split into chunks. Narrower integers carry
+    zero points and go through `qadd`. Exact in int64; leaving int32 is an error, not a wrap."""
+    if a.dtype != np.int32 or b.dtype != np.int32:
+        raise ValueError(f"integer add is defined for i32 accumulators only, got {a.dtype} and "
+                         f"{b.dtype}; quantized 8-bit tensors are added with qadd")
+    out = a.astype(np.int64) + b.astype(np.int64)
+    if out.size and (out.min() < INT32_MIN or out.max() > INT32_MAX):
+        raise IntegerOverflowError("add of i32 accumulators leaves int32")
+    return out.astype(np.int32)

@@ -48,13 +48,29 @@ class TVMModule:
     @property
     def source(self) -> Optional[str]:
         """The generated device source (CUDA C) for a GPU target."""
-        for m in self.executable.mod.imports:
+        todo = [self.executable.mod]
+        while todo:
+            m = todo.pop()
             if m.kind in ("cuda", "rocm", "metal", "opencl", "vulkan"):
                 return m.inspect_source()
+            todo.extend(m.imports)
+        return None
+
+    def device_binary(self, fmt: str = "ptx") -> Optional[str]:
+        """The device code nvcc produced from the source (PTX text), if any."""
+        todo = [self.executable.mod]
+        while todo:
+            m = todo.pop()
+            if m.kind == "cuda":
+                try:
+                    return m.inspect_source(fmt)
+                except Exception:  # the module keeps only the format it was built in
+                    return None
+            todo.extend(m.imports)
         return None
 
     def device(self):
-        return tvm.device(self.target.kind.name, 0)
+        return device_for(self.target.kind.name)
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
         if self._vm is None:
@@ -65,6 +81,11 @@ class TVMModule:
             self._dev_params = [tvm.runtime.tensor(self.params[n], dev)
                                 for n in self.meta["params"]]
         return run_vm(self._vm, self.device(), self.meta, self._dev_params, inputs)
+
+
+def device_for(kind: str):
+    """The TVM device that runs code of target kind `kind` ("llvm" -> cpu)."""
+    return tvm.cpu(0) if kind in ("llvm", "c", "cpu") else tvm.device(kind, 0)
 
 
 def run_vm(vm, dev, meta: dict, params: list, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -176,10 +197,13 @@ def export(module: TVMModule, out_dir) -> list[str]:
 def _write_object(module: TVMModule, path: Path) -> None:
     """The kernels of a cross-compiled module as one object file (no linker for that CPU)."""
     lib = module.executable.mod
-    for m in [lib, *lib.imports]:
+    todo = [lib]
+    while todo:
+        m = todo.pop(0)
         if m.kind == "llvm":
             m.write_to_file(str(path))
             return
+        todo.extend(m.imports)
     raise TVMBackendError(f"no LLVM module to write for target {module.meta['target']}")
 
 
@@ -195,7 +219,7 @@ def load(path, device: Optional[str] = None) -> "LoadedModel":
         raise TVMBackendError(f"{lib_file} is missing (a cross-compiled output holds model.o, "
                               f"which must be linked for its CPU first)")
     lib = tvm.runtime.load_module(str(lib_file))
-    dev = tvm.device(device or meta["target"]["kind"], 0)
+    dev = device_for(device or meta["target"]["kind"])
     vm = relax.VirtualMachine(lib, dev)
     blob = tvm.runtime.load_param_dict((folder / "model.params").read_bytes())
     params = [tvm.runtime.tensor(blob[n].numpy(), dev) for n in meta["params"]]
