@@ -29,10 +29,9 @@ from tvm import tirx as tir
 from qcompile.errors import QCompileError
 from qcompile.ir.graph import Graph, Node, Value
 from qcompile.ir.ops import registry
-from qcompile.ir.types import TensorType, int_range, is_float, is_int, numpy_dtype
+from qcompile.ir.types import TensorType, is_float, is_int, numpy_dtype
 
-from . import arith
-from .arith import I64, i64
+from .arith import I64
 
 
 class TVMBackendError(QCompileError):
