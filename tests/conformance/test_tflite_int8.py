@@ -358,7 +358,8 @@ def test_conv_multiplier_is_formed_in_double():
 
 # =========================================================================== FULLY_CONNECTED
 
-def _fc_case(rng, per_channel: bool, rounding: str = "gemmlowp_double"):
+def _fc_random_layer(rng, per_channel: bool):
+    """A random FULLY_CONNECTED layer and TFLite's reference output for it."""
     n, k, o = int(rng.integers(1, 5)), int(rng.integers(1, 65)), int(rng.integers(1, 17))
     x = rng.integers(-128, 128, (n, k), dtype=np.int8)
     wt = rng.integers(-127, 128, (o, k), dtype=np.int8)
@@ -372,6 +373,12 @@ def _fc_case(rng, per_channel: bool, rounding: str = "gemmlowp_double"):
                          Tensor("b", (o,), "int32", f32(s_x) * np.asarray(s_wc, np.float32), 0, 0, bias)],
                         [Tensor("y", (n, o), "int8", s_y, z_y)], fully_connected_options(act))
     ref = run_reference(model, [x])[0]
+    return x, wt, bias, s_x, s_wc, s_y, z_x, z_y, act, ref
+
+
+def _fc_case(rng, per_channel: bool, rounding: str = "gemmlowp_double"):
+    x, wt, bias, s_x, s_wc, s_y, z_x, z_y, act, ref = _fc_random_layer(rng, per_channel)
+    (n, k), o = x.shape, wt.shape[0]
     clamp = activation_range(act, s_y, z_y)
     m0, shift = conv_multipliers(s_x, s_wc, s_y)
     g = _mac_graph("qlinear", (n, k), qp(s_x, z_x), wt, qp(s_wc, 0, axis=0), bias, {}, -1,
@@ -494,19 +501,7 @@ def test_fully_connected_matches_tflite(per_channel):
     rng = np.random.default_rng(21 + per_channel)
     tally = Tally("FULLY_CONNECTED (qlinear + requantize_float)")
     for _ in range(N_CASES):
-        n, k, o = int(rng.integers(1, 5)), int(rng.integers(1, 65)), int(rng.integers(1, 17))
-        x = rng.integers(-128, 128, (n, k), dtype=np.int8)
-        wt = rng.integers(-127, 128, (o, k), dtype=np.int8)
-        bias = rng.integers(-5000, 5000, (o,), dtype=np.int32)
-        s_x, s_w, s_y = _scales(rng, o, per_channel)
-        z_x, z_y, act = _zp(rng), _zp(rng), str(rng.choice(ACTS))
-        s_wc = np.broadcast_to(s_w, (o,)) if per_channel else s_w
-        model = build_model("FULLY_CONNECTED",
-                            [Tensor("x", x.shape, "int8", s_x, z_x),
-                             Tensor("w", wt.shape, "int8", s_wc, 0, 0, wt),
-                             Tensor("b", (o,), "int32", f32(s_x) * np.asarray(s_wc, np.float32), 0, 0, bias)],
-                            [Tensor("y", (n, o), "int8", s_y, z_y)], fully_connected_options(act))
-        ref = run_reference(model, [x])[0]
+        x, wt, bias, s_x, s_wc, s_y, z_x, z_y, act, ref = _fc_random_layer(rng, per_channel)
         g = _fc_float_rescale_graph(x.shape, qp(s_x, z_x), wt, s_wc, bias, qp(s_y, z_y),
                                     activation_range(act, s_y, z_y))
         tally.add(_run_int(g, [x]), ref, f"x {x.shape} w {wt.shape} {act} s_x {s_x} s_y {s_y}")
