@@ -46,10 +46,35 @@ static inline uint32_t qc_sxtb16_ror8(uint32_t x)
     __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
     return r;
 }
+static inline uint32_t qc_uxtb16(uint32_t x)
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1" : "=r"(r) : "r"(x));
+    return r;
+}
+static inline uint32_t qc_uxtb16_ror8(uint32_t x)
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
+    return r;
+}
 static inline uint32_t qc_smlad(uint32_t a, uint32_t b, uint32_t acc)
 {
     uint32_t r;
     __asm__("smlad %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+/* acc + bottom(a) * bottom(b), acc + top(a) * bottom(b) (signed halfwords) */
+static inline uint32_t qc_smlabb(uint32_t a, uint32_t b, uint32_t acc)
+{
+    uint32_t r;
+    __asm__("smlabb %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+static inline uint32_t qc_smlatb(uint32_t a, uint32_t b, uint32_t acc)
+{
+    uint32_t r;
+    __asm__("smlatb %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
     return r;
 }
 #elif QC_DSP
@@ -64,10 +89,20 @@ static inline uint32_t qc_sxtb16_ror8(uint32_t x)
 {
     return qc_sxtb16((x >> 8) | (x << 24));
 }
+static inline uint32_t qc_uxtb16(uint32_t x) { return x & 0x00ff00ffu; }
+static inline uint32_t qc_uxtb16_ror8(uint32_t x) { return (x >> 8) & 0x00ff00ffu; }
 static inline uint32_t qc_smlad(uint32_t a, uint32_t b, uint32_t acc)
 {
     return acc + (uint32_t)(qc_sext16(a) * qc_sext16(b))
                + (uint32_t)(qc_sext16(a >> 16) * qc_sext16(b >> 16));
+}
+static inline uint32_t qc_smlabb(uint32_t a, uint32_t b, uint32_t acc)
+{
+    return acc + (uint32_t)(qc_sext16(a) * qc_sext16(b));
+}
+static inline uint32_t qc_smlatb(uint32_t a, uint32_t b, uint32_t acc)
+{
+    return acc + (uint32_t)(qc_sext16(a >> 16) * qc_sext16(b));
 }
 #endif
 
@@ -163,6 +198,7 @@ static uint32_t qc_dot_1x1(const int8_t *w0, const int16_t *a, int32_t k, uint32
 typedef struct {
     const int32_t *mult, *shift;
     int32_t per_channel, in_zp, out_zp, lo, hi, rounding, active, acc_bits, y_type;
+    int32_t fast;                /* qc_out_fast applies (see qc_out_init) */
 } qc_out_t;
 
 QC_INLINE qc_out_t qc_out_init(const qc_requant_t *rq, int32_t acc_bits, int32_t y_type)
@@ -179,7 +215,48 @@ QC_INLINE qc_out_t qc_out_init(const qc_requant_t *rq, int32_t acc_bits, int32_t
     o.rounding = rq ? rq->rounding : 0;
     o.acc_bits = acc_bits;
     o.y_type = y_type;
+    /* The common case gets a requantization with its per-channel constants hoisted: gemmlowp
+     * rounding, 32-bit accumulators (no wrap), 8-bit outputs, and no multiplier equal to
+     * INT32_MIN (the one input where srdhm saturates instead of following its formula). */
+    o.fast = rq != NULL && rq->rounding == QC_ROUND_GEMMLOWP_DOUBLE && acc_bits >= 32
+             && (y_type == QC_I8 || y_type == QC_U8);
+    if (o.fast) {
+        int32_t i, nm = rq->channels > 1 ? rq->channels : 1;
+        for (i = 0; i < nm; i++)
+            if (rq->mult[i] == INT32_MIN) o.fast = 0;
+    }
     return o;
+}
+
+/* The per-channel constants of a gemmlowp requantization: x << left, srdhm by mult, then a
+ * rounding divide by 2^right, whose remainder mask is precomputed. */
+typedef struct {
+    int32_t mult, left, right;
+    uint32_t mask;
+} qc_chan_t;
+
+QC_INLINE qc_chan_t qc_chan(const qc_out_t *o, int32_t ch)
+{
+    qc_chan_t c;
+    int32_t i = o->per_channel ? ch : 0, s = o->shift[i];
+    c.mult = o->mult[i];
+    c.left = s > 0 ? s : 0;
+    c.right = s > 0 ? 0 : -s;
+    c.mask = ((uint32_t)1 << c.right) - 1u;
+    return c;
+}
+
+/* qc_out for a fast qc_out_t: the same value as qc_requant_value's gemmlowp branch (mult is
+ * never INT32_MIN here, so srdhm is its formula), clamped, stored as a byte. */
+QC_INLINE void qc_out_fast(const qc_out_t *o, uint8_t *y, size_t idx, uint32_t acc,
+                           const qc_chan_t *c)
+{
+    int32_t xs = qc_u2i((acc - (uint32_t)o->in_zp) << c->left);
+    int32_t v = (int32_t)(((int64_t)xs * (int64_t)c->mult + ((int64_t)1 << 30)) >> 31);
+    uint32_t thr = (c->mask >> 1) + ((uint32_t)v >> 31);
+    v = (v >> c->right) + (((uint32_t)v & c->mask) > thr ? 1 : 0);
+    v = (v < o->lo ? o->lo : (v > o->hi ? o->hi : v)) + o->out_zp;
+    y[idx] = (uint8_t)((uint32_t)v & 0xffu);
 }
 
 /* Wrap one accumulator to acc_bits, requantize it with (m, s) (when fused), store it. */
@@ -208,35 +285,45 @@ QC_INLINE int32_t qc_out_shift(const qc_out_t *o, int32_t ch)
 }
 
 /* Multiply weight rows [0, o) against one or two int16 columns; outputs go to
- * y[(ch0 + oc) * ystride + pos] (pos = pa, pb). */
-static void qc_gemm_cols(const int8_t *w, int32_t o, int32_t k, const int32_t *bias,
-                         const int16_t *ca, const int16_t *cb, int32_t ch0, size_t ystride,
-                         size_t pa, size_t pb, const qc_out_t *out, void *y)
+ * y[(ch0 + oc) * ystride + pos] (pos = pa, pb). Inlined twice, with `fast` a constant. */
+QC_INLINE void qc_gemm_cols_body(const int8_t *w, int32_t o, int32_t k, const int32_t *bias,
+                                 const int16_t *ca, const int16_t *cb, int32_t ch0,
+                                 size_t ystride, size_t pa, size_t pb, const qc_out_t *out,
+                                 void *y, int fast)
 {
     const qc_out_t q = *out;
+    uint8_t *yb = (uint8_t *)y;
     int32_t oc = 0;
     for (; oc + 2 <= o; oc += 2) {
         const int8_t *w0 = w + (size_t)oc * k, *w1 = w0 + k;
         int32_t c0 = ch0 + oc, c1 = c0 + 1;
         uint32_t b0 = bias ? (uint32_t)bias[c0] : 0u;
         uint32_t b1 = bias ? (uint32_t)bias[c1] : 0u;
-        int32_t m0 = qc_out_mult(&q, c0), s0 = qc_out_shift(&q, c0);
-        int32_t m1 = qc_out_mult(&q, c1), s1 = qc_out_shift(&q, c1);
         size_t r0 = (size_t)c0 * ystride, r1 = r0 + ystride;
         if (cb) {
             uint32_t acc[4];
             acc[0] = b0; acc[1] = b0; acc[2] = b1; acc[3] = b1;
             qc_dot_2x2(w0, w1, ca, cb, k, acc);
-            qc_out(&q, y, r0 + pa, acc[0], m0, s0);
-            qc_out(&q, y, r0 + pb, acc[1], m0, s0);
-            qc_out(&q, y, r1 + pa, acc[2], m1, s1);
-            qc_out(&q, y, r1 + pb, acc[3], m1, s1);
+            if (fast) {
+                qc_chan_t k0 = qc_chan(&q, c0), k1 = qc_chan(&q, c1);
+                qc_out_fast(&q, yb, r0 + pa, acc[0], &k0);
+                qc_out_fast(&q, yb, r0 + pb, acc[1], &k0);
+                qc_out_fast(&q, yb, r1 + pa, acc[2], &k1);
+                qc_out_fast(&q, yb, r1 + pb, acc[3], &k1);
+            } else {
+                int32_t m0 = qc_out_mult(&q, c0), s0 = qc_out_shift(&q, c0);
+                int32_t m1 = qc_out_mult(&q, c1), s1 = qc_out_shift(&q, c1);
+                qc_out(&q, y, r0 + pa, acc[0], m0, s0);
+                qc_out(&q, y, r0 + pb, acc[1], m0, s0);
+                qc_out(&q, y, r1 + pa, acc[2], m1, s1);
+                qc_out(&q, y, r1 + pb, acc[3], m1, s1);
+            }
         } else {
             uint32_t acc[2];
             acc[0] = b0; acc[1] = b1;
             qc_dot_2x1(w0, w1, ca, k, acc);
-            qc_out(&q, y, r0 + pa, acc[0], m0, s0);
-            qc_out(&q, y, r1 + pa, acc[1], m1, s1);
+            qc_out(&q, y, r0 + pa, acc[0], qc_out_mult(&q, c0), qc_out_shift(&q, c0));
+            qc_out(&q, y, r1 + pa, acc[1], qc_out_mult(&q, c1), qc_out_shift(&q, c1));
         }
     }
     if (oc < o) {
@@ -249,6 +336,16 @@ static void qc_gemm_cols(const int8_t *w, int32_t o, int32_t k, const int32_t *b
         if (cb)
             qc_out(&q, y, r0 + pb, qc_dot_1x1(w0, cb, k, b0), m0, s0);
     }
+}
+
+static void qc_gemm_cols(const int8_t *w, int32_t o, int32_t k, const int32_t *bias,
+                         const int16_t *ca, const int16_t *cb, int32_t ch0, size_t ystride,
+                         size_t pa, size_t pb, const qc_out_t *out, void *y)
+{
+    if (out->fast)
+        qc_gemm_cols_body(w, o, k, bias, ca, cb, ch0, ystride, pa, pb, out, y, 1);
+    else
+        qc_gemm_cols_body(w, o, k, bias, ca, cb, ch0, ystride, pa, pb, out, y, 0);
 }
 
 /* ---------------------------------------------------------------- convolution */
@@ -358,7 +455,47 @@ static void qc_im2col(const qc_conv_t *p, const void *xv, int32_t cg, size_t hw,
         qc_out(&q, y, ybase + (size_t)oy * ow + ox, b + (uint32_t)s, m, sft);                  \
     } while (0)
 
-#define QC_DEPTHWISE(T)                                                                        \
+/* Four interior outputs of a stride-1 3x3 window per iteration (DSP). Per kernel row, the
+ * words at r and r + 2 hold inputs x0..x5; XT (SXTB16/UXTB16) splits them into the pairs
+ * (x0,x2), (x1,x3), (x2,x4), (x3,x5), each multiplied by (w0,w2) with one SMLAD; the middle
+ * tap w1 is added with SMLABB/SMLATB. Sums are of raw codes: zp * sum(w) is taken off after. */
+#if QC_DSP
+#define QC_DW3_QUAD(T, XT, XT8)                                                                \
+    do {                                                                                       \
+        if (!k3 || sw != 1) break;                                                             \
+        for (; ox + 4 <= ox_hi; ox += 4) {                                                     \
+            const T *r = plane + (size_t)iy0 * wd + (ox - pad_l);                              \
+            uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0, u, v, a, bq, cq, dq;                      \
+            int32_t ky;                                                                        \
+            size_t yi = ybase + (size_t)oy * ow + ox;                                          \
+            for (ky = 0; ky < 3; ky++, r += wd) {                                              \
+                u = qc_rd32(r); v = qc_rd32(r + 2);                                            \
+                a = XT(u); bq = XT8(u); cq = XT(v); dq = XT8(v);                               \
+                s0 = qc_smlad(a, w02[ky], s0); s0 = qc_smlabb(bq, w1p[ky], s0);                \
+                s1 = qc_smlad(bq, w02[ky], s1); s1 = qc_smlatb(a, w1p[ky], s1);                \
+                s2 = qc_smlad(cq, w02[ky], s2); s2 = qc_smlatb(bq, w1p[ky], s2);               \
+                s3 = qc_smlad(dq, w02[ky], s3); s3 = qc_smlatb(cq, w1p[ky], s3);               \
+            }                                                                                  \
+            s0 = b + s0 - (uint32_t)zp_wsum; s1 = b + s1 - (uint32_t)zp_wsum;                  \
+            s2 = b + s2 - (uint32_t)zp_wsum; s3 = b + s3 - (uint32_t)zp_wsum;                  \
+            if (q.fast) {                                                                      \
+                qc_out_fast(&q, (uint8_t *)y, yi, s0, &kc);                                    \
+                qc_out_fast(&q, (uint8_t *)y, yi + 1, s1, &kc);                                \
+                qc_out_fast(&q, (uint8_t *)y, yi + 2, s2, &kc);                                \
+                qc_out_fast(&q, (uint8_t *)y, yi + 3, s3, &kc);                                \
+            } else {                                                                           \
+                qc_out(&q, y, yi, s0, m, sft);                                                 \
+                qc_out(&q, y, yi + 1, s1, m, sft);                                             \
+                qc_out(&q, y, yi + 2, s2, m, sft);                                             \
+                qc_out(&q, y, yi + 3, s3, m, sft);                                             \
+            }                                                                                  \
+        }                                                                                      \
+    } while (0)
+#else
+#define QC_DW3_QUAD(T, XT, XT8) do { } while (0)
+#endif
+
+#define QC_DEPTHWISE(T, XT, XT8)                                                                      \
     do {                                                                                       \
         const T *plane = (const T *)xv + ((size_t)n * c + oc / mult) * hw;                     \
         int32_t oy, ox;                                                                        \
@@ -371,6 +508,7 @@ static void qc_im2col(const qc_conv_t *p, const void *xv, int32_t cg, size_t hw,
                 continue;                                                                      \
             }                                                                                  \
             for (ox = 0; ox < ox_lo; ox++) QC_DW_CLIPPED(T);                                   \
+            QC_DW3_QUAD(T, XT, XT8);                                                           \
             for (; ox < ox_hi; ox++) {                                                         \
                 const T *r0 = plane + (size_t)iy0 * wd + (ox * sw - pad_l);                    \
                 int32_t s = 0, ky, kx;                                                         \
@@ -411,10 +549,30 @@ static void qc_conv_depthwise(const qc_conv_t *p, const void *xv, const int8_t *
             int32_t m = qc_out_mult(&q, oc), sft = qc_out_shift(&q, oc), zp_wsum = 0;
             for (i = 0; i < k; i++) zp_wsum += zp * wk[i];
             size_t ybase = ((size_t)n * o + oc) * oh * ow;
-            if (x_u8)
-                QC_DEPTHWISE(uint8_t);
+#if QC_DSP
+            /* per kernel row: (w0, w2) as a halfword pair, w1 in the bottom halfword */
+            uint32_t w02[3] = {0, 0, 0}, w1p[3] = {0, 0, 0};
+            qc_chan_t kc;
+            if (k3)
+                for (i = 0; i < 3; i++) {
+                    w02[i] = ((uint32_t)(int32_t)wk[3 * i] & 0xffffu)
+                             | ((uint32_t)(int32_t)wk[3 * i + 2] << 16);
+                    w1p[i] = (uint32_t)(int32_t)wk[3 * i + 1] & 0xffffu;
+                }
+            if (q.fast)
+                kc = qc_chan(&q, oc);
             else
-                QC_DEPTHWISE(int8_t);
+                kc.mult = kc.left = kc.right = 0, kc.mask = 0;
+            if (x_u8)
+                QC_DEPTHWISE(uint8_t, qc_uxtb16, qc_uxtb16_ror8);
+            else
+                QC_DEPTHWISE(int8_t, qc_sxtb16, qc_sxtb16_ror8);
+#else
+            if (x_u8)
+                QC_DEPTHWISE(uint8_t, , );
+            else
+                QC_DEPTHWISE(int8_t, , );
+#endif
         }
     }
 }
