@@ -207,6 +207,14 @@ def _check_table(where: str, key: str, spec: _Field, table: dict) -> dict:
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise TargetError(f"{where}: key '{key}.{k}' must be a positive integer, "
                                   f"got {v!r}")
+        elif key == "backend_options" and k == "target" and isinstance(v, dict):
+            # a TVM target as a table, e.g. {kind = "llvm", mcpu = "haswell"}: one level deep
+            for tk, tv in v.items():
+                if isinstance(tv, dict) or (isinstance(tv, list)
+                                            and any(isinstance(i, (dict, list)) for i in tv)):
+                    raise TargetError(f"{where}: key '{key}.{k}.{tk}' must be a string, number, "
+                                      f"boolean or an array of them, got {_type_name(tv)}")
+            v = {tk: v[tk] for tk in sorted(v)}
         elif isinstance(v, dict) or (isinstance(v, list)
                                      and any(isinstance(i, (dict, list)) for i in v)):
             raise TargetError(f"{where}: key '{key}.{k}' must be a string, number, boolean or "

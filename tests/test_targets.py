@@ -191,3 +191,18 @@ def test_cmake_dir_prints_the_folder_with_the_module():
     assert r.returncode == 0
     folder = Path(r.stdout.strip())
     assert (folder / "QCompile.cmake").is_file()
+
+
+def test_tvm_targets_are_tvm_dicts_and_nested_tables_are_checked(tmp_path):
+    """Catalog TVM targets use TVM 0.27's dict form; a table inside it is refused by key."""
+    from qcompile.targets import get_target
+    from qcompile.targets.catalog import TargetError, load_target_file
+    assert get_target("cuda-sm90").backend_options["target"] == {"arch": "sm_90", "kind": "cuda"}
+    assert get_target("x86-64-avx2").backend_options["target"]["mattr"] == ["+avx2", "+fma"]
+    text = (Path(get_target("cuda-sm90").source).read_text()
+            .replace('target = { kind = "cuda", arch = "sm_90" }',
+                     'target = { kind = "cuda", arch = { v = 90 } }').replace('"cuda-sm90"', '"mine"'))
+    bad = tmp_path / "mine.toml"
+    bad.write_text(text)
+    with pytest.raises(TargetError, match=r"backend_options\.target\.arch"):
+        load_target_file(bad)
