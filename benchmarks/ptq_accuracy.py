@@ -228,7 +228,8 @@ def minilm_bench(quick: bool = False) -> Bench:
         methods=("minmax",), dfq_prefix=("fold-attention-mask",),
         extra={"minmax + fold-attention-mask": lambda g: MINILM_MASKED,
                "  + smooth (SmoothQuant)": lambda g: MINILM_SMOOTHED,
-               "  + float adds, FFN out": minilm_mixed_passes})
+               "  + float adds, FFN out": minilm_mixed_passes,
+               "  + per-channel LN/linear inputs": lambda g: MINILM_PER_CHANNEL})
     bench.reference = _torch_outputs(bench)
     bench.score = lambda out: mean_cosine(out, bench.reference)
     return _finish(bench)
@@ -241,6 +242,14 @@ MINILM_MASKED = ("fold-bn", "fold-attention-mask", "calibrate", "quantize")
 #: linears; in post-norm BERT every LN output also feeds a residual add, so on MiniLM the pass
 #: notes that and changes nothing (the row shows it; the fingerprint cache makes it cheap).
 MINILM_SMOOTHED = ("fold-bn", "fold-attention-mask", "smooth{alpha=0.5}", "calibrate", "quantize")
+
+#: All int8, with one scale per hidden channel (the last axis) on the values whose outlier
+#: channels one scale per tensor cannot hold: the FFN outputs, the residual sums and the
+#: LayerNorm outputs. Every user of those reads the hidden axis channel by channel (a LayerNorm,
+#: a residual add, a linear's input columns), so only they get per-channel params.
+MINILM_PER_CHANNEL = ("fold-bn", "fold-attention-mask",
+                      "calibrate{per_channel=true,per_channel_axis=-1}",
+                      "quantize{act_per_channel=[add,linear,layer_norm]}")
 
 
 def minilm_mixed_passes(graph: Graph) -> tuple[str, ...]:

@@ -23,6 +23,9 @@ from qcompile.quant.observers import (EntropyObserver, MinMaxObserver, MovingAve
 PROGRESS_MIN_BATCHES = 20
 
 
+METHODS = ("minmax", "ema", "percentile", "mse", "entropy")
+
+
 @register_pass("calibrate")
 @dataclass(frozen=True)
 class Calibrate(Pass):
@@ -32,8 +35,11 @@ class Calibrate(Pass):
     percentile: float = 99.99
     bits: int = 8            # the bit width MSE and entropy optimise the range for
     batches: int = 0         # 0: all batches of the calibration data
-    per_channel: bool = False  # ranges per channel (axis 1) instead of per tensor
+    per_channel: bool = False  # ranges per channel (along per_channel_axis) instead of per tensor
+    per_channel_axis: int = 1  # 1: NCHW channels; -1: the hidden axis of [batch, tokens, hidden]
     batch_size: int = 64     # rows per batch when the data is one big array (or .npz)
+    #: "name:method" items: outputs of the nodes (or ops) named use that method instead
+    method_overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,11 +48,25 @@ class Calibrate(Pass):
             "bits": (2 <= self.bits <= 16, "must be in 2..16"),
             "batches": (self.batches >= 0, "must be >= 0 (0 means all)"),
             "batch_size": (self.batch_size >= 1, "must be >= 1"),
+            "per_channel_axis": (self.per_channel_axis in (1, -1), "must be 1 or -1"),
         }
         for option, (ok, expected) in problems.items():
             if not ok:
                 raise PipelineError(f"pass 'calibrate', option '{option}': {expected}, got "
                                     f"{getattr(self, option)!r}")
+        self._overrides()  # checks the spelling now, before any data runs
+
+    def _overrides(self) -> dict[str, str]:
+        """`method_overrides` as {node or op name: method}."""
+        out = {}
+        for item in self.method_overrides:
+            target, sep, method = str(item).rpartition(":")
+            if not sep or not target or method not in METHODS:
+                raise PipelineError(f"pass 'calibrate', option 'method_overrides': item {item!r} "
+                                    f"must be 'node_or_op:method' with method one of "
+                                    f"{', '.join(METHODS)}")
+            out[target] = method
+        return out
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         data = CalibrationData(ctx.calibration_data, graph, self.batch_size)
@@ -61,21 +81,35 @@ class Calibrate(Pass):
                 if self.batches and calib.batches >= self.batches:
                     break
         graph.meta["ranges"] = calib.ranges()
+        # which axis each per-channel range runs along (quantize checks it before using one)
+        graph.meta["range_axes"] = {name: obs.axis for name, obs in calib.observers.items()
+                                    if obs.axis is not None and name in graph.meta["ranges"]}
         graph.meta["calib_stats"] = calib.stats()
         ctx.note(f"{self.method} ranges for {len(graph.meta['ranges'])} values from "
                  f"{calib.batches} batch(es)")
         return False
 
     def _observer(self, value: Value, nonnegative: bool) -> Observer:
-        axis = 1 if self.per_channel and value.type.rank >= 2 else None
+        # -1 is stored as rank - 1 so every range of one value names the same axis
+        axis = self.per_channel_axis % value.type.rank \
+            if self.per_channel and value.type.rank >= 2 else None
         name = f"%{value.name}"
-        if self.method == "minmax":
+        method = self.method
+        node = value.producer
+        if node is not None and self.method_overrides:
+            overrides = self._overrides()
+            if node.name in overrides or node.op in overrides:
+                method = overrides.get(node.name, overrides.get(node.op))
+                # a clipping range per channel would be merged back into one by quantize
+                # (the max over channels), so an override observes the tensor as a whole
+                axis = None
+        if method == "minmax":
             return MinMaxObserver(axis=axis, name=name)
-        if self.method == "ema":
+        if method == "ema":
             return MovingAverageMinMaxObserver(axis=axis, name=name)
-        if self.method == "percentile":
+        if method == "percentile":
             return PercentileObserver(self.percentile, axis=axis, name=name)
-        if self.method == "mse":
+        if method == "mse":
             # unsigned for non-negative values: the grid quantize will pick for them
             return MSEObserver(self.bits, signed=not nonnegative, axis=axis, name=name)
         return EntropyObserver(self.bits, signed=not nonnegative, axis=axis, name=name)

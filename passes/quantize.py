@@ -21,6 +21,10 @@ With `transformer=true` the scheme also quantizes softmax, masked_softmax, layer
 gather, reduce_sum and div (`TRANSFORMER_QUANTIZE_OPS`), so a BERT-like encoder lowers to an
 integer-only graph (passes/lower_integer_transformer.py). A quantized softmax's output gets the
 fixed grid 2**-bits (`FIXED_GRID_OPS`), and a gather's output shares its table's params.
+`act_per_channel=[names]` gives the outputs of those nodes/ops per-channel params along the
+last axis when every user reads that axis channel by channel (a layer_norm, a linear's input,
+a residual add into one): BERT's outlier hidden channels. Simulation only for now; lower-integer
+rejects per-channel activations by name.
 Values that are non-negative by construction (after relu, relu6, sigmoid...) are stored unsigned
 with zero point 0 when the scheme allows it. Ops outside the scheme's `quantize_ops` (softmax,
 layer_norm, ...) stay float: they are listed in `graph.meta["float_ops"]` and noted.
@@ -68,6 +72,7 @@ class Quantize(Pass):
     unsigned: Optional[bool] = None     # unsigned storage for non-negative values (default true)
     keep_float: tuple[str, ...] = ()    # node names or op names to leave float
     transformer: bool = False           # also softmax, layer_norm, gelu, gather, reduce_sum, div
+    act_per_channel: tuple[str, ...] = ()  # node/op names: per-channel (last axis) LN inputs
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -94,7 +99,7 @@ class Quantize(Pass):
 
     def run(self, graph: Graph, ctx: PassContext) -> bool:
         scheme = self.scheme(ctx)
-        plan = _Planner(graph, ctx, scheme, set(self.keep_float))
+        plan = _Planner(graph, ctx, scheme, set(self.keep_float), set(self.act_per_channel))
         changed = plan.run()
         graph.meta["quant_scheme"] = {k: (sorted(v) if isinstance(v, frozenset) else v)
                                       for k, v in dataclasses.asdict(scheme).items()}
@@ -104,9 +109,11 @@ class Quantize(Pass):
 class _Planner:
     """One run of the pass: decides which values are tied, then gives each group its params."""
 
-    def __init__(self, graph: Graph, ctx: PassContext, scheme: QuantScheme, keep_float: set):
+    def __init__(self, graph: Graph, ctx: PassContext, scheme: QuantScheme, keep_float: set,
+                 act_per_channel: set = frozenset()):
         self.graph, self.ctx, self.scheme = graph, ctx, scheme
         self.keep_float = keep_float
+        self.act_per_channel = act_per_channel
         self.nonneg = nonnegative_values(graph)
         self.outputs = {id(v) for v in graph.outputs}
         self.parent: dict[int, int] = {}       # union-find over id(Value)
@@ -208,7 +215,8 @@ class _Planner:
                                f"'calibrate'? Run it again", members[0].producer)
                 continue
             nonneg = all(self._nonneg(v) for v in members)
-            q = self._fixed_grid(members) or self._activation_params(lo, hi, nonneg)
+            q = self._fixed_grid(members) or self._per_channel_params(members, ranges, nonneg) \
+                or self._activation_params(lo, hi, nonneg)
             for v in members:
                 self.assigned[id(v)] = q
 
@@ -237,6 +245,64 @@ class _Planner:
         signed = not s.unsigned_activations
         zp = -(1 << (s.act_bits - 1)) if signed else 0
         return QuantParams(2.0 ** -s.act_bits, zp, bits=s.act_bits, signed=signed, pow2=s.pow2)
+
+    # ---- per-channel activations (LayerNorm inputs) ----------------------------------------
+    def _per_channel_params(self, members: list[Value], ranges: dict,
+                            nonneg: bool) -> Optional[QuantParams]:
+        """Per-channel params along the last axis for an output of an op named in
+        `act_per_channel` whose users all take the last axis channel by channel: LayerNorms
+        (directly or through residual adds), which read each token's channels together and can
+        rescale them on the way in, and linears, whose weight columns can absorb one scale per
+        input channel. BERT's outlier channels live in these values. None: per tensor."""
+        v = members[0]
+        node = v.producer
+        if node is None or not (node.name in self.act_per_channel
+                                or node.op in self.act_per_channel):
+            return None
+        if len(members) > 1:
+            self.ctx.note(f"%{v.name} shares its params with {len(members) - 1} other value(s); "
+                          f"kept per tensor", node)
+            return None
+        if not self._feeds_layer_norm(v):
+            self.ctx.note(f"%{v.name} reaches something other than a layer_norm over its last "
+                          f"axis; kept per tensor", node)
+            return None
+        last = v.type.rank - 1
+        axes = self.graph.meta.get("range_axes", {})
+        if v.type.rank < 2 or axes.get(v.name) != last:
+            raise PassError(f"act_per_channel: %{v.name} (output of node {node.name}) has no "
+                            f"per-channel range along its last axis; calibrate with "
+                            f"calibrate{{per_channel=true, per_channel_axis=-1}}")
+        lo, hi = _typical_channel_floor(*(np.asarray(r, np.float64) for r in ranges[v.name]))
+        s = self.scheme
+        signed = not (nonneg and s.unsigned_activations)
+        scale, zp = choose_qparams(0.0 if not signed else lo, hi, s.act_bits, signed=signed,
+                                   symmetric=s.act_symmetric and signed, pow2=s.pow2)
+        scale, zp = np.broadcast_arrays(scale, zp)
+        return QuantParams(scale, zp, bits=s.act_bits, signed=signed, axis=last, pow2=s.pow2)
+
+    def _feeds_layer_norm(self, v: Value, depth: int = 0) -> bool:
+        """Every user of `v` reads its last axis channel by channel: a layer_norm over the
+        last axis, a linear (as its input), or an add/sub whose outputs do the same (a post-norm
+        residual chain); and `v` is no graph output."""
+        if id(v) in self.outputs or not v.users or depth > 8:
+            return False
+        for user in v.users:
+            if user.op == "layer_norm":
+                if user.inputs[0] is not v or user.attrs.get("axis", -1) % v.type.rank \
+                        != v.type.rank - 1:
+                    return False
+            elif user.op in ("add", "sub"):
+                if not all(self._feeds_layer_norm(o, depth + 1) for o in user.outputs):
+                    return False
+            elif user.op == "linear":
+                # x's last axis is the weight's input axis: a scale per input channel folds
+                # into the weight columns before they are quantized per output channel
+                if user.inputs[0] is not v:
+                    return False
+            else:
+                return False
+        return True
 
     def _nonneg(self, v: Value) -> bool:
         if v.data is not None:
@@ -334,3 +400,19 @@ class _Planner:
                 islands[node.name] = node.op
                 self.ctx.note(f"{node.op} stays float (not a quantized op in this scheme)", node)
         self.graph.meta["float_ops"] = islands
+
+
+#: A channel whose peak |value| exceeds this many times the median channel peak is an outlier.
+OUTLIER_FACTOR = 4.0
+
+
+def _typical_channel_floor(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ranges widened to at least the range of all the ordinary channels together.
+    Per-channel minmax on a few hundred calibration tokens is tight: an ordinary channel that
+    happened to stay small would clip on new data. Only the outlier channels (the reason for
+    per-channel scales) keep a range of their own beyond the shared one."""
+    peak = np.maximum(-lo, hi)
+    typical = peak <= OUTLIER_FACTOR * np.median(peak)
+    if not typical.any():
+        return lo, hi
+    return np.minimum(lo, lo[typical].min()), np.maximum(hi, hi[typical].max())

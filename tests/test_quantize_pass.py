@@ -317,3 +317,83 @@ def test_digits_cnn_w8a8_per_channel_keeps_accuracy():
     rows = per_layer_sqnr(graph, test["x"])
     assert len(rows) == len(graph.nodes)
     assert all(r.sqnr_db > 20 for r in rows), [(r.name, r.sqnr_db) for r in rows]
+
+
+# ---- per-channel activations (LayerNorm inputs) ---------------------------------------------
+def outlier_residual_graph(seed: int = 0) -> Graph:
+    """linear -> residual add -> layer_norm, where hidden channel 2 of the linear is ~100x
+    larger than the others (BERT's outlier channels)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("residual")
+    x = g.add_input("x", TensorType((None, 5, 8)))
+    w = rand(rng, 8, 8, scale=0.3)
+    w[2] *= 100.0
+    y = g.add_node("linear", [x, g.add_constant("fc.w", w), g.add_constant("fc.b", rand(rng, 8))],
+                   name="fc").output
+    s = g.add_node("add", [y, x], name="res").output
+    g.outputs = [g.add_node("layer_norm", [s], name="ln").output]
+    return g
+
+
+def residual_data(batches: int = 3, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    return [rand(rng, 4, 5, 8) for _ in range(batches)]
+
+
+PER_CHANNEL_CALIB = "calibrate{per_channel=true,per_channel_axis=-1}"
+
+
+def test_act_per_channel_gives_last_axis_params_to_layer_norm_inputs():
+    g = outlier_residual_graph()
+    run_pipeline(g, f"{PER_CHANNEL_CALIB},quantize{{act_per_channel=[fc,add]}}",
+                 PassContext(calibration_data=residual_data(), verify=True))
+    for name in ("fc", "res"):
+        q = g.value(name).quant
+        assert q.axis == 2 and len(q.scale) == 8 and q.bits == 8
+        scale = np.asarray(q.scale)
+        # the outlier channel has its own, much coarser scale; the ordinary ones share a range
+        assert scale[2] > 10 * np.median(scale)
+        assert np.allclose(np.delete(scale, 2), np.delete(scale, 2)[0])
+    assert g.value("x").quant.axis is None  # not named: per tensor
+    # the simulation is far closer to float than with one scale per tensor
+    x = residual_data(1, seed=7)[0]
+    ref = qcompile.run(g, x, mode="float")[0]
+    err_pc = np.abs(qcompile.run(g, x, mode="fakequant")[0] - ref).mean()
+    run_pipeline(g, f"{PER_CHANNEL_CALIB},quantize", PassContext(calibration_data=residual_data()))
+    assert g.value("res").quant.axis is None
+    err_pt = np.abs(qcompile.run(g, x, mode="fakequant")[0] - ref).mean()
+    assert err_pc < 0.5 * err_pt
+
+
+def test_act_per_channel_needs_last_axis_ranges_and_layer_norm_users():
+    g = outlier_residual_graph()
+    with pytest.raises(PassError, match=r"%fc .*per_channel_axis=-1"):
+        run_pipeline(g, "calibrate,quantize{act_per_channel=[fc]}",
+                     PassContext(calibration_data=residual_data()))
+    # the layer_norm's output is a graph output, not a LayerNorm input: kept per tensor
+    run_pipeline(g, f"{PER_CHANNEL_CALIB},quantize{{act_per_channel=[fc,layer_norm]}}",
+                 PassContext(calibration_data=residual_data()))
+    assert g.value("fc").quant.axis == 2
+    assert g.value("ln").quant is None or g.value("ln").quant.axis is None
+
+
+def test_lower_integer_refuses_per_channel_activations_by_name():
+    from qcompile.errors import QCompileError
+    g = outlier_residual_graph()
+    run_pipeline(g, f"{PER_CHANNEL_CALIB},quantize{{act_per_channel=[add]}}",
+                 PassContext(calibration_data=residual_data()))
+    with pytest.raises(QCompileError, match=r"per-channel params on activation %res"):
+        run_pipeline(g, "lower-integer", PassContext())
+
+
+def test_calibrate_method_overrides_per_op():
+    g = outlier_residual_graph()
+    run_pipeline(g, "calibrate{method_overrides=[add:percentile],percentile=90}",
+                 PassContext(calibration_data=residual_data()))
+    stats = g.meta["calib_stats"]["res"]
+    lo, hi = g.meta["ranges"]["res"]
+    assert hi < stats["max"] and lo > stats["min"]  # clipped by the percentile observer
+    assert g.meta["ranges"]["fc"][1] == g.meta["calib_stats"]["fc"]["max"]  # still minmax
+    with pytest.raises(PipelineError, match="method_overrides"):
+        run_pipeline(g, "calibrate{method_overrides=[add:median]}",
+                     PassContext(calibration_data=residual_data()))
