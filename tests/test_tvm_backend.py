@@ -239,3 +239,32 @@ def test_missing_tvm_is_one_line(monkeypatch):
         qtvm.build(random_graph(0))
     assert "pip install 'qcompile[tvm]'" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_compile_command_for_the_x86_target_gives_a_bit_exact_module(tmp_path):
+    """`qcompile compile --target x86-64-avx2` end to end: the folder's model.so, loaded with
+    `qcompile.targets.tvm.load`, equals the interpreter's integer graph on real test images."""
+    from qcompile.compile import CompileOptions, compile_model
+    from qcompile.targets import get_target
+    models = ROOT / "examples" / "models"
+    out = tmp_path / "x86"
+    r = subprocess.run([sys.executable, "-m", "qcompile", "compile", str(models / "digits_cnn.onnx"),
+                        "--target", "x86-64-avx2", "--calibration", str(models / "digits_calib.npz"),
+                        "-o", str(out), "-q"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert {"model.so", "model.params", "model.json", "report.json"} <= {p.name for p in out.iterdir()}
+    # The same compile through the Python API gives the integer graph the module was built from.
+    result = compile_model(CompileOptions(model=str(models / "digits_cnn.onnx"),
+                                          target=get_target("x86-64-avx2"), output=str(tmp_path / "api"),
+                                          calibration=str(models / "digits_calib.npz")))
+    module = qtvm.load(out)
+    test = np.load(models / "digits_test.npz")
+    hits = 0
+    for i in range(40):
+        x = test["x"][i:i + 1]
+        (ours,) = module(x)
+        (ref,) = qcompile.run(result.graph, [x], mode="int")
+        assert np.array_equal(ours, ref), f"image {i}"
+        hits += int(ours.argmax() == test["y"][i])
+    assert hits >= 39
