@@ -109,6 +109,17 @@ def _broadcast_index(shape: tuple, out_rank: int):
 
 # ---------------------------------------------------------------------------------- MACs
 
+def _folded_constant(node: Node, x: Value, wc: np.ndarray, bias: Optional[Value], zx: int):
+    """The per-output-channel constant of a MAC with the input zero point folded out, and the
+    accumulator type: sum (x - zx)(w - zw) + b == sum x (w - zw) + (b - zx sum(w - zw)). int32
+    when the worst case |sum x (w - zw)| + |constant| provably fits, int64 otherwise."""
+    o = wc.shape[0]
+    rows = np.abs(wc).reshape(o, -1).sum(axis=1)
+    const = _bias_term(node, bias, o) - zx * wc.reshape(o, -1).sum(axis=1)
+    bound = _act_range(x) * int(rows.max(initial=0)) + int(np.abs(const).max(initial=0))
+    return const, ("int32" if _fits32(bound) else "int64")
+
+
 @tvm_op("qconv2d")
 def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     x, w, bias = node.inputs[0], node.inputs[1], node.input(2)
@@ -123,13 +134,8 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     top, left, bottom, right = a["padding"]
     zx = low.zero_point(x, node)
     wc = _centred_weight(node, w)
-    # sum (x - zx)(w - zw) + b == sum x (w - zw) + (b - zx sum(w - zw)), and padding taps hold
-    # zx, so they contribute zx (w - zw) to the first sum and cancel in the constant.
-    const = _bias_term(node, bias, o) - zx * wc.reshape(o, -1).sum(axis=1)
-    bound = _act_range(x) * int(np.abs(wc).reshape(o, -1).sum(axis=1).max(initial=0)) + \
-        int(np.abs(const).max(initial=0))
-    wide = not _fits32(bound)
-    acc_dt = "int64" if wide else "int32"
+    # Padding taps hold zx, so they contribute zx (w - zw) to the sum and cancel in the constant.
+    const, acc_dt = _folded_constant(node, x, wc, bias, zx)
 
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
@@ -158,7 +164,7 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
 
     def out_fn(b, oc, i, j):
-        v = _mac_finish(acc[b, oc, i, j] + ct[oc], a["acc_bits"], wide)
+        v = _mac_finish(acc[b, oc, i, j] + ct[oc], a["acc_bits"], acc_dt == "int64")
         return finish(v, (b, oc, i, j)) if finish else v.astype("int32")
     out = te.compute(out_shape, out_fn, name="out")
     kind = "depthwise" if groups == c and cg == 1 else "conv2d"
@@ -173,11 +179,7 @@ def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
     out_shape = low.shape(node.output)
     zx = low.zero_point(x, node)
     wc = _centred_weight(node, w)
-    const = _bias_term(node, bias, o) - zx * wc.sum(axis=1)
-    bound = _act_range(x) * int(np.abs(wc).sum(axis=1).max(initial=0)) + \
-        int(np.abs(const).max(initial=0))
-    wide = not _fits32(bound)
-    acc_dt = "int64" if wide else "int32"
+    const, acc_dt = _folded_constant(node, x, wc, bias, zx)
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
     wdt = _narrowest(wc)
@@ -192,7 +194,7 @@ def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
     finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
 
     def out_fn(*idx):
-        v = _mac_finish(acc(*idx) + ct[idx[-1]], node.attrs["acc_bits"], wide)
+        v = _mac_finish(acc(*idx) + ct[idx[-1]], node.attrs["acc_bits"], acc_dt == "int64")
         return finish(v, idx) if finish else v.astype("int32")
     return k.finish(te.compute(out_shape, out_fn, name="out"), "dense", {"o": o, "k": kdim})
 
