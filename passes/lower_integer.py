@@ -108,6 +108,7 @@ class LoweringState:
         self._consts: dict[int, tuple[Value, str]] = {}  # added constant -> (it, source name)
         self._deq: dict[int, Value] = {}        # id(float value) -> its dequantize, for floats
         self._inputs_quantized = 0              # quantize nodes placed at the top of the graph
+        self._grids: dict[tuple, Value] = {}    # (id(value), scale, bits) -> on that grid
 
     # ---- the float -> integer map -----------------------------------------------------------
     def has_int(self, v: Value) -> bool:
@@ -281,16 +282,66 @@ class LoweringState:
             return user
         return None
 
-    def result(self, node: Node) -> tuple[Value, QuantParams, Optional[Node]]:
+    def result(self, node: Node, per_channel_axis: Optional[int] = None
+               ) -> tuple[Value, QuantParams, Optional[Node]]:
         """(the float value the lowered result stands for, its params, the fused activation):
-        the activation's output when one is fused, else the node's own output."""
+        the activation's output when one is fused, else the node's own output. Per-channel
+        params are accepted only along `per_channel_axis` (a rule that requantizes per channel
+        there) and without a fused activation (the clamp bounds are per tensor)."""
         act = self.fused_activation(node)
         target = act.outputs[0] if act is not None else node.outputs[0]
         q = self.params(target, node)
         if q.per_channel:
-            raise CannotLower(f"per-channel params on activation %{target.name} are not "
-                              f"supported by the integer ops")
+            rank = target.type.rank
+            if per_channel_axis is None or q.axis % rank != per_channel_axis % rank:
+                raise CannotLower(f"per-channel params on activation %{target.name} (axis "
+                                  f"{q.axis}) are not supported by this op's integer form")
+            if act is not None:
+                raise CannotLower(f"per-channel params on %{target.name} with a fused "
+                                  f"{act.op}: the clamp bounds would differ per channel")
         return target, q, act
+
+    # ---- per-channel activations: one common grid ----------------------------------------
+    def common_grid(self, x: Value, scale: float, bits: int, *, name: str) -> Value:
+        """Integer `x` (per-channel or per-tensor params) rescaled onto the per-tensor grid
+        `scale` with zero point 0, stored in `bits` (16 or 32): q' = requantize(q - z[c],
+        s[c] / scale). This is how per-channel activations (BERT's outlier hidden channels)
+        meet ops that need one scale: the grid is chosen fine enough that the extra rounding
+        is a small fraction of the finest channel's step. One node per (value, grid)."""
+        key = (id(x), float(scale), bits)
+        cached = self._grids.get(key)
+        if cached is not None:
+            return cached
+        qx = x.quant
+        q = QuantParams(scale, 0, bits=bits, signed=True)
+        axis = qx.axis % x.type.rank if qx.per_channel else 1
+        out = self.requantize(x, q, _f32(qx.scale) / scale, name=name, axis=axis)
+        self._grids[key] = out
+        return out
+
+    def widest_channel(self, x: Value) -> np.ndarray:
+        """Per channel (or one), the largest |q - z| times the scale: the real magnitude bound
+        of integer value `x`."""
+        qx = x.quant
+        z = np.asarray(qx.zero_point, np.float64)
+        reach = np.maximum(qx.qmax - z, z - qx.qmin)
+        return reach * _f32(qx.scale)
+
+    def grid_for(self, x: Value, fits: Callable[[float, np.ndarray], bool], what: str,
+                 max_bits: int = 16) -> tuple[float, int]:
+        """(scale, bits) of the finest common grid for per-channel `x` on which the largest
+        code stays below 2**(b-1) for some b <= max_bits and `fits(scale, code_bound)` holds,
+        where code_bound[c] bounds |q'| of channel c. Tries 16-bit (or `max_bits`) grids
+        first, coarser ones down to 8 bits; none fits: CannotLower naming `what`."""
+        reach = self.widest_channel(x)
+        for b in range(max_bits - 1, 6, -1):
+            # one code of headroom: the Q31 multiplier may round the largest code up by one
+            scale = float(reach.max()) / ((1 << b) - 2)
+            bound = np.floor(reach / scale) + 1
+            if fits(scale, bound):
+                return scale, (16 if max_bits <= 16 else 32)
+        raise CannotLower(f"per-channel %{x.name}: no common grid of 8 to {max_bits} bits "
+                          f"keeps {what}")
 
     def clamp_range(self, q: QuantParams, act: Optional[Node]) -> tuple[int, int]:
         """The output codes an activation allows: relu [code(0), qmax], clip [code(min),
@@ -479,27 +530,58 @@ def _acc_params(scale: np.ndarray, axis: int) -> QuantParams:
 
 
 def _mac(graph: Graph, node: Node, state: LoweringState, op: str, attrs: dict) -> bool:
-    target, q_out, act = state.result(node)
+    out_rank = node.outputs[0].type.rank
+    axis = 1 if op == "qconv2d" else out_rank - 1
+    # per-channel outputs along the output-channel axis are one more per-channel multiplier
+    target, q_out, act = state.result(node, per_channel_axis=axis)
     x, w, b = node.inputs[0], node.inputs[1], node.input(2)
     if not w.is_constant:
         raise CannotLower(f"weight %{w.name} is not a constant")
     xi, wi = state.int_value(x), state.int_value(w)
-    qx, qw = xi.quant, wi.quant
-    if qx.per_channel:
-        raise CannotLower(f"input %{x.name} has per-channel params; activations must be per tensor")
+    qw = wi.quant
     if qw.axis not in (None, 0):
         raise CannotLower(f"weight %{w.name} is quantized along axis {qw.axis}; expected axis 0 "
                           f"(output channels) or per tensor")
-    out_rank = node.outputs[0].type.rank
-    axis = 1 if op == "qconv2d" else out_rank - 1
+    if xi.quant.per_channel:
+        xi = _linear_input_on_common_grid(node, xi, wi, b, state) if op == "qlinear" else None
+        if xi is None:
+            raise CannotLower(f"input %{x.name} has per-channel params; only a linear's input "
+                              f"(per channel along the features it reduces) may")
+    qx = xi.quant
     acc_scale = _f32(qx.scale)[0] * _f32(qw.scale)
     bi = state.bias_value(b, acc_scale) if b is not None else None
     acc = state.emit(op, [xi, wi, bi], {**attrs, "acc_bits": state.acc_bits},
                      name=f"{node.name}.acc", quant=_acc_params(acc_scale, axis))
-    y = state.requantize(acc, q_out, acc_scale / _f32(q_out.scale)[0], name=f"{target.name}.q",
+    y = state.requantize(acc, q_out, acc_scale / _f32(q_out.scale), name=f"{target.name}.q",
                          clamp=state.clamp_range(q_out, act), axis=axis)
     state.set_int(target, y)
     return True
+
+
+def _linear_input_on_common_grid(node: Node, xi: Value, wi: Value, b: Optional[Value],
+                                 state: LoweringState) -> Optional[Value]:
+    """A linear's per-channel input (one scale per input feature, BERT's LayerNorm outputs)
+    on one fine per-tensor grid, i16: the weight columns then multiply integers of one scale.
+    The grid is the finest whose worst-case accumulator, sum_k |w[n,k] - zw[n]| |q'[k]| +
+    |bias[n]|, stays inside acc_bits for every output feature n, so the wider input costs no
+    overflow. None when x is not per-channel along its last (feature) axis."""
+    qx = xi.quant
+    if qx.axis % xi.type.rank != xi.type.rank - 1:
+        return None
+    qw = wi.quant
+    w_abs = np.abs(wi.data.astype(np.int64) - qw.zero_point_array(2))
+    s_w = _f32(qw.scale)
+    b_abs = np.abs(np.asarray(b.data, np.float64)) if b is not None and b.data is not None \
+        else np.zeros(1)
+    limit = 2.0 ** (state.acc_bits - 1) - 1
+
+    def fits(scale: float, bound: np.ndarray) -> bool:
+        worst = w_abs.astype(np.float64) @ bound + b_abs / (scale * s_w) + 1
+        return bool(worst.max() < limit)
+
+    scale, bits = state.grid_for(xi, fits, f"the {node.op}'s accumulator within "
+                                           f"{state.acc_bits} bits")
+    return state.common_grid(xi, scale, bits, name=f"{node.inputs[0].name}.g{bits}")
 
 
 @lowering_rule("conv2d")
@@ -552,9 +634,11 @@ def _per_tensor(*values: Value) -> None:
 def lower_add_sub(graph: Graph, node: Node, state: LoweringState) -> bool:
     """qadd/qsub (TFLite's recipe): each input rescaled to 2 max(s_a, s_b) / 2**left_shift,
     summed, rescaled to the output; a fused relu/clip becomes the clamp."""
-    target, q_out, act = state.result(node)
+    rank = node.outputs[0].type.rank
+    target, q_out, act = state.result(node, per_channel_axis=rank - 1)
     ai, bi = state.int_value(node.inputs[0]), state.int_value(node.inputs[1])
-    _per_tensor(ai, bi)
+    if any(q.per_channel for q in (ai.quant, bi.quant, q_out)):
+        return _add_per_channel(node, target, q_out, act, ai, bi, state)
     sa, sb, sy = _f32(ai.quant.scale)[0], _f32(bi.quant.scale)[0], _f32(q_out.scale)[0]
     bits = max(ai.quant.bits, bi.quant.bits)
     # (q - z) << left_shift must stay in int32 with a bit to spare for the sum: TFLite's 20 for
@@ -571,6 +655,37 @@ def lower_add_sub(graph: Graph, node: Node, state: LoweringState) -> bool:
              "dtype": q_out.storage_dtype}
     y = state.emit("qadd" if node.op == "add" else "qsub", [ai, bi], attrs,
                    name=f"{target.name}.q", quant=q_out)
+    state.set_int(target, y)
+    return True
+
+
+#: Bits of the common grid per-channel operands of an add are summed on: each magnitude stays
+#: below 2**29, so their i32 sum cannot overflow, and the widening requantize's left shift
+#: ((q - z) * 2**shift, gemmlowp_double) stays below 2**30.
+ADD_GRID_BITS = 29
+
+
+def _add_per_channel(node: Node, target: Value, q_out: QuantParams, act: Optional[Node],
+                     ai: Value, bi: Value, state: LoweringState) -> bool:
+    """An add with per-channel operands or output (a post-norm residual sum over BERT's
+    hidden axis): both operands onto one i32 grid 2**-29 of the larger magnitude bound
+    (their rounding there is ~2**-20 of any channel's step), an exact i32 `add`, and one
+    requantize per output channel, as TFLite's ADD rescales both inputs to a common scale
+    before one output rounding."""
+    if node.op != "add":
+        raise CannotLower(f"per-channel operands of {node.op}: only add has a per-channel form")
+    for v in (ai, bi):
+        if v.quant.per_channel and v.quant.axis % v.type.rank != v.type.rank - 1:
+            raise CannotLower(f"%{v.name} is per-channel along axis {v.quant.axis}, not the "
+                              f"last axis of the sum")
+    reach = max(float(state.widest_channel(v).max()) for v in (ai, bi))
+    scale = reach / (2.0 ** ADD_GRID_BITS - 2)
+    wide = [state.common_grid(v, scale, 32, name=f"{v.name}.g32") for v in (ai, bi)]
+    q_sum = QuantParams(scale, 0, bits=32, signed=True)
+    total = state.emit("add", wide, {}, name=f"{target.name}.sum", quant=q_sum)
+    axis = target.type.rank - 1 if q_out.per_channel else 1
+    y = state.requantize(total, q_out, scale / _f32(q_out.scale), name=f"{target.name}.q",
+                         clamp=state.clamp_range(q_out, act), axis=axis)
     state.set_int(target, y)
     return True
 

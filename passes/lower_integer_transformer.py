@@ -98,9 +98,17 @@ def layer_norm_attrs(q_in: QuantParams, q_out: QuantParams, n: int, eps: float,
 
     gamma is quantized symmetric to GAMMA_BITS at s_g = max|gamma| / (2**15 - 1); the fraction
     bits F of the normalised value are the most that keep |z| (gamma - 0) + |beta| in int32,
-    with |z| <= sqrt(N) 2**F; beta is quantized at s_g 2**-F (i32)."""
-    gamma = np.asarray(gamma, np.float64)
-    beta = np.asarray(beta, np.float64)
+    with |z| <= sqrt(N) 2**F; beta is quantized at s_g 2**-F (i32).
+
+    A per-channel output (one scale s_y[c] per element of the normalised last axis) is folded
+    into gamma and beta: the codes are those of gamma / s_y and beta / s_y, so gamma's params
+    are per channel (s_g s_y[c]) and one multiplier s_g 2**-F serves every channel; the
+    kernel is unchanged."""
+    s_y = _f32(q_out.scale)
+    per_channel = q_out.per_channel
+    unit = s_y if per_channel else 1.0
+    gamma = np.asarray(gamma, np.float64) / unit
+    beta = np.asarray(beta, np.float64) / unit
     g_max = float(np.abs(gamma).max()) if gamma.size else 0.0
     s_g = g_max / (2 ** (GAMMA_BITS - 1) - 1) if g_max > 0 else 1.0
     g_codes = quantize_float(gamma, s_g, 0, -(2 ** (GAMMA_BITS - 1)) + 1, 2 ** (GAMMA_BITS - 1) - 1)
@@ -114,11 +122,31 @@ def layer_norm_attrs(q_in: QuantParams, q_out: QuantParams, n: int, eps: float,
     b_codes = quantize_float(beta, s_b, 0, -(2 ** 31), 2 ** 31 - 1)
     s_x = float(_f32(q_in.scale)[0])
     eps_int = int(round(eps * float(n) ** 3 / (s_x * s_x)))
-    m0, shift = _multiplier(s_b / float(_f32(q_out.scale)[0]), "layer_norm")
+    m0, shift = _multiplier(s_b / (1.0 if per_channel else float(s_y[0])), "layer_norm")
     attrs = {"eps_int": eps_int, "frac_bits": frac_bits, "multiplier": m0, "shift": shift,
              "clamp_min": q_out.qmin, "clamp_max": q_out.qmax, "dtype": q_out.storage_dtype}
-    return (attrs, g_codes, QuantParams(s_g, 0, bits=GAMMA_BITS, signed=True),
-            b_codes, QuantParams(s_b, 0, bits=32, signed=True))
+    if per_channel:
+        zeros = np.zeros(s_y.size, np.int64)
+        q_g = QuantParams(s_g * s_y, zeros, bits=GAMMA_BITS, signed=True, axis=0)
+        q_b = QuantParams(s_b * s_y, zeros, bits=32, signed=True, axis=0)
+    else:
+        q_g = QuantParams(s_g, 0, bits=GAMMA_BITS, signed=True)
+        q_b = QuantParams(s_b, 0, bits=32, signed=True)
+    return attrs, g_codes, q_g, b_codes, q_b
+
+
+def layer_norm_input_grid(state: LoweringState, xi: Value, n: int, eps: float,
+                          name: str) -> Value:
+    """A per-channel LayerNorm input on one per-tensor i16 grid (qlayer_norm centres and sums
+    its input exactly, which needs one scale): the finest grid on which qlayer_norm's exact
+    N (sum c**2 + eps_int), with c[k] = N d[k] - sum(d), provably stays below 2**62."""
+    def fits(scale: float, bound: np.ndarray) -> bool:
+        bound = np.broadcast_to(bound, (n,)) if bound.size == 1 else bound
+        c = n * bound + bound.sum()
+        eps_int = eps * float(n) ** 3 / (scale * scale)
+        return float(n) * (float(np.sum(c * c)) + eps_int + 1) < 2.0 ** 62
+    scale, bits = state.grid_for(xi, fits, "the LayerNorm's sum of squares within 62 bits")
+    return state.common_grid(xi, scale, bits, name=name)
 
 
 # ---- rules --------------------------------------------------------------------------------------
@@ -183,13 +211,23 @@ def lower_gelu(graph: Graph, node: Node, state: LoweringState) -> bool:
 def lower_layer_norm(graph: Graph, node: Node, state: LoweringState) -> bool:
     """qlayer_norm with an i16 gamma and an i32 beta built from the float constants."""
     x, gamma, beta = node.inputs[0], node.input(1), node.input(2)
-    q_out = _out(state, node)
-    xi = _per_tensor_int(state, x)
     axis = node.attrs["axis"] % x.type.rank
     norm_shape = x.type.shape[axis:]
     if any(d is None for d in norm_shape):
         raise CannotLower(f"layer_norm over dynamic dims {norm_shape}")
     n = int(np.prod(norm_shape, dtype=np.int64))
+    last = x.type.rank - 1
+    q_out = state.params(node.outputs[0])
+    per_channel_ok = axis == last  # per channel of the one normalised axis: folded into gamma
+    if q_out.per_channel and not (per_channel_ok and q_out.axis % x.type.rank == last):
+        raise CannotLower(f"per-channel params on %{node.outputs[0].name} along axis "
+                          f"{q_out.axis}; only the normalised last axis has a per-channel form")
+    xi = state.int_value(x)
+    if xi.quant.per_channel:
+        if not (per_channel_ok and xi.quant.axis % x.type.rank == last):
+            raise CannotLower(f"%{x.name} is per-channel along axis {xi.quant.axis}; only the "
+                              f"normalised last axis can be put on one grid")
+        xi = layer_norm_input_grid(state, xi, n, node.attrs["eps"], f"{x.name}.g16")
     arrays = []
     for v, default in ((gamma, 1.0), (beta, 0.0)):
         if v is None:

@@ -23,8 +23,8 @@ integer-only graph (passes/lower_integer_transformer.py). A quantized softmax's 
 fixed grid 2**-bits (`FIXED_GRID_OPS`), and a gather's output shares its table's params.
 `act_per_channel=[names]` gives the outputs of those nodes/ops per-channel params along the
 last axis when every user reads that axis channel by channel (a layer_norm, a linear's input,
-a residual add into one): BERT's outlier hidden channels. Simulation only for now; lower-integer
-rejects per-channel activations by name.
+a residual add into one): BERT's outlier hidden channels. lower-integer moves them onto a common
+per-tensor grid for each reader (docs/integer-semantics.md, "Per-channel activations").
 Values that are non-negative by construction (after relu, relu6, sigmoid...) are stored unsigned
 with zero point 0 when the scheme allows it. Ops outside the scheme's `quantize_ops` (softmax,
 layer_norm, ...) stay float: they are listed in `graph.meta["float_ops"]` and noted.

@@ -499,6 +499,130 @@ def test_a_rule_that_claims_success_without_a_result_is_a_bug_report():
         lowering_rule("tanh")(original)
 
 
+# ---- per-channel activations (BERT's outlier hidden channels) ----------------------------
+
+def post_norm_block(seed: int = 0, relu: bool = False) -> Graph:
+    """Two post-norm residual blocks over an 8-wide hidden axis with an outlier channel (2):
+    linear -> add -> layer_norm -> linear -> add -> layer_norm, the shape of a BERT layer
+    (`relu`: a relu named "act" after the first residual sum)."""
+    rng = np.random.default_rng(seed)
+    g = Graph("post_norm")
+    x = g.add_input("x", TensorType((None, 5, 8)))
+    w1 = rand(rng, 8, 8, scale=0.3)
+    w1[2] *= 60.0
+    h = g.add_node("linear", [x, g.add_constant("fc1.w", w1), g.add_constant("fc1.b", rand(rng, 8))],
+                   name="fc1").output
+    s1 = g.add_node("add", [h, x], name="res1").output
+    if relu:
+        s1 = g.add_node("relu", [s1], name="act").output
+    gamma = np.abs(rand(rng, 8)) + 0.5
+    gamma[2] = 20.0  # the LayerNorm output keeps the outlier, scaled by gamma (as in BERT)
+    n1 = g.add_node("layer_norm", [s1, g.add_constant("ln1.g", gamma),
+                                   g.add_constant("ln1.b", rand(rng, 8, scale=0.1))],
+                    name="ln1").output
+    h2 = g.add_node("linear", [n1, g.add_constant("fc2.w", rand(rng, 8, 8, scale=0.3)),
+                               g.add_constant("fc2.b", rand(rng, 8))], name="fc2").output
+    s2 = g.add_node("add", [h2, n1], name="res2").output
+    g.outputs = [g.add_node("layer_norm", [s2], name="ln2").output]
+    return g
+
+
+def _post_norm_data(n=4, seed=1):
+    rng = np.random.default_rng(seed)
+    return [rand(rng, 4, 5, 8) for _ in range(n)]
+
+
+PER_CHANNEL_SCHEME = ("calibrate{per_channel=true,per_channel_axis=-1},"
+                      "quantize{transformer=true,act_per_channel=[linear,add,layer_norm]}")
+
+
+def test_per_channel_activations_lower_through_common_grids():
+    g = post_norm_block()
+    run_pipeline(g, PER_CHANNEL_SCHEME, PassContext(calibration_data=_post_norm_data()))
+    for name in ("fc1", "res1", "ln1", "fc2", "res2"):
+        assert g.value(name).quant.axis == 2, name  # the scheme really is per channel
+    fq = g.copy()
+    lower(g)
+    assert float_ops(g) == {"dequantize"}
+    counts = g.op_counts()
+    assert counts["qlayer_norm"] == 2 and counts["qlinear"] == 2 and "qadd" not in counts
+    assert counts["add"] == 2  # each residual sum: exact i32 add on a common grid
+    # fc2 reads ln1's per-channel codes moved onto one i16 grid
+    fc2 = next(n for n in g.nodes if n.op == "qlinear" and n.name.startswith("fc2"))
+    wide = fc2.inputs[0]
+    assert wide.dtype == "i16" and wide.producer.op == "requantize"
+    assert len(wide.producer.attrs["multiplier"]) == 8 and wide.producer.attrs["axis"] == 2
+    assert wide.quant.axis is None and wide.quant.zero_point == (0,)
+    # per-channel outputs: one multiplier per hidden channel after fc1
+    fc1_out = next(n for n in g.nodes if n.op == "requantize" and n.inputs[0].producer.op ==
+                   "qlinear" and n.inputs[0].producer.name.startswith("fc1"))
+    assert len(fc1_out.attrs["multiplier"]) == 8 and fc1_out.output.quant.axis == 2
+    # ln1's output scales are folded into its gamma: per-channel gamma params, one multiplier
+    ln1 = next(n for n in g.nodes if n.op == "qlayer_norm" and n.name.startswith("ln1"))
+    assert ln1.inputs[1].quant.axis == 0 and ln1.output.quant.axis == 2
+    # integer == simulation on almost every output; where an integer LayerNorm rounds one
+    # step differently, the step propagates through the next linear and LayerNorm
+    step = float(g.outputs[0].producer.inputs[0].quant.scale[0])
+    diff = np.concatenate([np.abs(qcompile.run(g, x, mode="int")[0]
+                                  - qcompile.run(fq, x, mode="fakequant")[0]).ravel() / step
+                           for x in _post_norm_data(3, seed=9)])
+    assert diff.max() <= 4 and diff.mean() <= 0.1 and (diff < 1e-3).mean() >= 0.95, \
+        (diff.max(), diff.mean())
+
+
+def _fc2_input_grid(acc_bits: int):
+    g = post_norm_block()
+    run_pipeline(g, PER_CHANNEL_SCHEME, PassContext(calibration_data=_post_norm_data()))
+    lower(g, f"lower-integer{{acc_bits={acc_bits}}}")
+    fc2 = next(n for n in g.nodes if n.op == "qlinear" and n.name.startswith("fc2"))
+    return g, fc2
+
+
+def test_common_grid_keeps_the_accumulator_bound():
+    """The i16 grid of a linear's per-channel input is the finest on which the worst case over
+    all input codes fits acc_bits: a narrower accumulator gets a coarser grid, never a wrap."""
+    bounds = {}
+    for acc_bits in (32, 20):
+        g, fc2 = _fc2_input_grid(acc_bits)
+        wide, w, b = fc2.inputs
+        rq = wide.producer
+        q_in = rq.inputs[0].quant
+        reach = np.maximum(q_in.qmax - np.asarray(q_in.zero_point),
+                           np.asarray(q_in.zero_point) - q_in.qmin)
+        gain = np.array([multiplier_value(m, s) for m, s in zip(rq.attrs["multiplier"],
+                                                                rq.attrs["shift"])])
+        codes = np.ceil(reach * gain) + 1  # |q'| per input channel, rounding included
+        worst = np.abs(w.data.astype(np.int64) - w.quant.zero_point_array(2)) @ codes \
+            + np.abs(b.data.astype(np.int64))
+        assert worst.max() < 2 ** (acc_bits - 1), acc_bits
+        assert codes.max() < 2 ** 15
+        bounds[acc_bits] = float(wide.quant.scale[0])
+        # extreme inputs saturate every channel; the int run equals itself at 32 bits of
+        # accumulator (no wrap happened)
+        x = rand(np.random.default_rng(3), 4, 5, 8, scale=50.0)
+        assert np.array_equal(qcompile.run(g, x, mode="int")[0],
+                              qcompile.run(_with_acc_bits(g, 32), x, mode="int")[0])
+    assert bounds[20] > bounds[32]  # coarser grid for the narrow accumulator
+
+
+def _with_acc_bits(g: Graph, bits: int) -> Graph:
+    h = g.copy()
+    for n in h.nodes:
+        if n.op in ("qlinear", "qconv2d", "qmatmul"):
+            n.attrs["acc_bits"] = bits
+    return h
+
+
+def test_per_channel_activation_with_a_fused_relu_is_refused_by_name():
+    g = post_norm_block(relu=True)  # its clamp bounds would differ per channel
+    run_pipeline(g, "calibrate{per_channel=true,per_channel_axis=-1},"
+                    "quantize{transformer=true,act_per_channel=[linear,add,relu,layer_norm]}",
+                 PassContext(calibration_data=_post_norm_data()))
+    assert g.value("act").quant.axis == 2 and g.value("res1").quant is None  # fused
+    with pytest.raises(PassError, match=r"%act with a fused relu"):
+        lower(g)
+
+
 # ---- real models -----------------------------------------------------------------------------
 
 def _zoo():
