@@ -613,6 +613,30 @@ def _with_acc_bits(g: Graph, bits: int) -> Graph:
     return h
 
 
+def test_accumulator_analysis_sees_the_common_grid_bound():
+    """check-accumulator bounds a linear reading a common grid per input feature (each
+    feature's own range through its multiplier), so the guarantee lower-integer chose the grid
+    by is the one the analysis proves; the naive bound of an i16 input would not fit."""
+    from qcompile.quant.accumulator import mac_layer
+    g, fc2 = _fc2_input_grid(20)
+    layer = mac_layer(fc2)
+    assert layer.feature_range is not None
+    assert layer.l1_bound().max() < 2 ** 19
+    naive = np.abs(layer.rows).sum(axis=1) * 2 ** 15
+    assert naive.max() >= 2 ** 19
+    run_pipeline(g, "check-accumulator{bits=20,policy=error}", PassContext())
+    # the proven interval holds the exact sums on inputs that saturate every channel
+    from qcompile.interp.interpreter import Interpreter
+    lo, hi = layer.sum_interval()
+    rng = np.random.default_rng(5)
+    for scale in (1.0, 50.0):
+        seen = []
+        Interpreter(g, "int", observer=lambda n, outs: seen.append(outs[0]) if n is fc2
+                    else None).run([rand(rng, 16, 5, 8, scale=scale)])
+        acc = seen[0].reshape(-1, 8).astype(np.int64) - layer.bias_q
+        assert (acc >= lo).all() and (acc <= hi).all()
+
+
 def test_per_channel_activation_with_a_fused_relu_is_refused_by_name():
     g = post_norm_block(relu=True)  # its clamp bounds would differ per channel
     run_pipeline(g, "calibrate{per_channel=true,per_channel_axis=-1},"

@@ -110,6 +110,9 @@ class MacLayer:
     bias_q: np.ndarray                 # (C,) int64 (zeros without bias)
     reduction: int                     # K
     operand_range: Optional[tuple[int, int]] = None
+    # per reduction element (K,) centred ranges of x when they are known to be narrower than
+    # x_range: a linear reading a per-channel activation moved onto one common grid
+    feature_range: Optional[tuple[np.ndarray, np.ndarray]] = None
 
     @property
     def name(self) -> str:
@@ -139,17 +142,24 @@ class MacLayer:
             return (np.full(self.channels, k * min(corners), np.int64),
                     np.full(self.channels, k * max(corners), np.int64))
         rows = self.rows if rows is None else rows
-        pos = np.where(rows > 0, rows, 0).sum(axis=1)
-        neg = np.where(rows < 0, rows, 0).sum(axis=1)
+        pos, neg = np.where(rows > 0, rows, 0), np.where(rows < 0, rows, 0)
+        if self.feature_range is not None and rows.shape[1] == self.reduction:
+            flo, fhi = self.feature_range  # each term maximised with its own element's range
+            return pos @ flo + neg @ fhi, pos @ fhi + neg @ flo
+        pos, neg = pos.sum(axis=1), neg.sum(axis=1)
         return lx * pos + hx * neg, hx * pos + lx * neg
 
     def l1_bound(self) -> np.ndarray:
         """The A2Q bound ||w - z_w||_1 * max|x - z_x| + |bias| per channel (product bound
-        K * max|a| * max|b| for two activations)."""
+        K * max|a| * max|b| for two activations; with per-element input ranges, the sum of
+        |w - z_w| times each element's own max |x - z_x|)."""
         xmax = max(-self.x_range[0], self.x_range[1])
         if self.rows is None:
             bmax = max(-self.operand_range[0], self.operand_range[1])
             return np.full(self.channels, self.reduction * xmax * bmax, np.int64)
+        if self.feature_range is not None:
+            flo, fhi = self.feature_range
+            return np.abs(self.rows) @ np.maximum(-flo, fhi) + np.abs(self.bias_q)
         return np.abs(self.rows).sum(axis=1) * xmax + np.abs(self.bias_q)
 
     def weight_l1(self) -> Optional[np.ndarray]:
@@ -273,8 +283,33 @@ def mac_layer(node: Node) -> Optional[MacLayer]:
                                f"QuantParams, so its integer value is unknown")
     else:
         bias_q = np.zeros(rows.shape[0], np.int64)
+    feature = _feature_range(x, int(rows.shape[1])) if kind == "linear" else None
+    if feature is not None:
+        x_range = (int(feature[0].min()), int(feature[1].max()))
     return MacLayer(node, kind, integer, x, w, bias, x_range, rows, bias_q.astype(np.int64),
-                    int(rows.shape[1]))
+                    int(rows.shape[1]), feature_range=feature)
+
+
+def _feature_range(x: Value, k: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """Per input feature, the centred range of `x` when it is the output of a `requantize`
+    with one multiplier per feature (a per-channel activation moved onto a common grid, see
+    lower-integer): [qmin - z[c], qmax - z[c]] of the source channel times its multiplier,
+    widened by one step for the rounding, within the clamp. None otherwise."""
+    rq = x.producer
+    if rq is None or rq.op != "requantize" or len(rq.attrs["multiplier"]) != k \
+            or rq.attrs["axis"] % x.type.rank != x.type.rank - 1 or x.quant is None:
+        return None
+    src = rq.inputs[0].quant
+    if src is None:
+        return None
+    from .intmath import multiplier_value
+    z = np.broadcast_to(np.asarray(src.zero_point, np.int64), (k,))
+    gain = np.array([multiplier_value(m, sh) if rq.attrs["rounding"] != "shift_only"
+                     else 2.0 ** sh for m, sh in zip(rq.attrs["multiplier"], rq.attrs["shift"])])
+    z_out = int(x.quant.zero_point[0])
+    lo = np.maximum(np.floor((src.qmin - z) * gain) - 1, rq.attrs["clamp_min"] - z_out)
+    hi = np.minimum(np.ceil((src.qmax - z) * gain) + 1, rq.attrs["clamp_max"] - z_out)
+    return lo.astype(np.int64), hi.astype(np.int64)
 
 
 def mac_layers(graph: Graph) -> list[MacLayer]:
