@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import FrontendError
 from ..ir.graph import Graph, Value
-from ..ir.types import QuantParams, TensorType
+from ..ir.types import QuantParams, TensorType, is_narrow_float
 from ._build import MISSING, Const, GraphBuilder, Unsupported, handler_table, transposed
 
 MIN_OPSET = 13
@@ -30,7 +30,10 @@ _FLOAT_MAX = float(np.finfo(np.float32).max)
 
 # ONNX TensorProto element types -> IR dtypes.
 _ELEM = {1: "f32", 10: "f16", 11: "f32", 7: "i64", 6: "i32", 3: "i8", 2: "u8", 5: "i16", 4: "u16",
-         9: "bool", 22: "i4", 21: "u4", 26: "i2", 25: "u2"}
+         9: "bool", 22: "i4", 21: "u4", 26: "i2", 25: "u2",
+         17: "f8e4m3fn", 19: "f8e5m2", 23: "f4e2m1"}
+# float8/float4 storage types: read and written by QuantizeLinear/DequantizeLinear only.
+_NARROW_FLOAT_ELEM = {17, 19, 23}
 # Integer element types a QuantizeLinear/DequantizeLinear pair can store: (bits, signed).
 _QTYPES = {3: (8, True), 2: (8, False), 5: (16, True), 4: (16, False), 22: (4, True),
            21: (4, False), 26: (2, True), 25: (2, False), 6: (32, True)}
@@ -449,6 +452,14 @@ def _relu(im, node, inputs, attrs):
 @_h("Clip")
 def _clip(im, node, inputs, attrs):
     x = inputs[0]
+    bounds = [b if k < len(inputs) else None for k, b in enumerate(inputs[1:3], 1)]
+    if any(isinstance(b, Value) for b in bounds):
+        # Run-time bounds: max then min is numpy's (and ONNX's reference) clip, including
+        # min > max giving max everywhere.
+        lo, hi = bounds
+        if lo is not None:
+            x = im.emit("maximum", [x, lo], name=node.output[0] + ("_lo" if hi is not None else ""))
+        return x if hi is None else im.emit("minimum", [x, hi])
     lo = attrs.get("min") if len(inputs) < 2 or inputs[1] is None else \
         float(im.need_const(inputs[1], "min"))
     hi = attrs.get("max") if len(inputs) < 3 or inputs[2] is None else \
@@ -496,7 +507,8 @@ def _unary(op: str):
 
 
 for _onnx, _op in (("HardSwish", "hardswish"), ("Sigmoid", "sigmoid"), ("Tanh", "tanh"),
-                   ("Exp", "exp"), ("Sqrt", "sqrt"), ("Neg", "neg"), ("Erf", "erf"), ("Abs", "abs")):
+                   ("Exp", "exp"), ("Sqrt", "sqrt"), ("Neg", "neg"), ("Erf", "erf"), ("Abs", "abs"),
+                   ("Round", "round")):
     _HANDLERS[_onnx] = _unary(_op)
 
 
@@ -765,6 +777,7 @@ def _reduce(op: str):
 _HANDLERS["ReduceMean"] = _reduce("mean")
 _HANDLERS["ReduceSum"] = _reduce("reduce_sum")
 _HANDLERS["ReduceMax"] = _reduce("reduce_max")
+_HANDLERS["ReduceMin"] = _reduce("reduce_min")
 
 
 @_h("Gather")
@@ -835,8 +848,12 @@ def _cast(im, node, inputs, attrs):
     if node.op_type == "CastLike":
         like = inputs[1]
         dtype = like.dtype if isinstance(like, Value) else _np_to_ir(like.array.dtype)
+        if is_narrow_float(dtype):
+            raise Unsupported(f"CastLike to {dtype} (only QuantizeLinear converts to float8/float4)")
     else:
-        if attrs["to"] not in _ELEM:
+        if attrs["to"] not in _ELEM or attrs["to"] in _NARROW_FLOAT_ELEM:
+            # float8/float4 casts round and saturate (ONNX's `saturate`): only QuantizeLinear
+            # imports that conversion.
             raise Unsupported(f"Cast to ONNX element type {attrs['to']}")
         dtype = _ELEM[attrs["to"]]
     have = x.dtype if isinstance(x, Value) else _np_to_ir(x.array.dtype)

@@ -14,9 +14,14 @@ values (the QDQ form). This module adds what a model with *integer tensors* need
   carry zero points but no scales; their values get scale 1, so each integer is its own real.
 * DynamicQuantizeLinear -> `dynamic_quantize_linear` (scale chosen at run time; its u8 result
   carries no QuantParams, so ops that need a compile-time zero point cannot consume it).
+* QuantizeLinear / DequantizeLinear whose parameters QuantParams cannot describe (blocked
+  scales, a scale or zero point computed at run time, float8/float4 storage, float16 data or
+  scales) -> `quantize_linear` / `dequantize_linear`, which take the parameters as inputs and
+  compute exactly what the ONNX reference does (see their definitions). The expanded form of
+  DynamicQuantizeLinear (ReduceMin/ReduceMax ... Cast feeding QuantizeLinear) imports this way.
 
-Scales and zero points must be import-time constants (QuantParams are compile-time facts);
-`freeze_inputs` turns graph inputs that hold them into initializers.
+Scales and zero points of the integer ops must be import-time constants (QuantParams are
+compile-time facts); `freeze_inputs` turns graph inputs that hold them into initializers.
 """
 from __future__ import annotations
 
@@ -27,10 +32,10 @@ import numpy as np
 
 from ..errors import FrontendError
 from ..ir.graph import Value
-from ..ir.types import QuantParams, is_int, numpy_dtype
+from ..ir.types import QuantParams, is_int, is_narrow_float, numpy_dtype
 from ..quant.intmath import quantize_float
-from ._build import Const, Unsupported, transposed
-from .onnx_import import _HANDLERS, _QOut, _conv_pads, _h, _shape
+from ._build import Const, Unsupported, _clean_name, transposed
+from .onnx_import import _ELEM, _HANDLERS, _QOut, _conv_pads, _h, _shape
 
 # The QDQ-pair handlers this module falls back to when a Q/DQ is not an integer boundary.
 _PAIR_QUANTIZE = _HANDLERS["QuantizeLinear"]
@@ -44,6 +49,11 @@ _NP_INT = {"int8": (8, True), "uint8": (8, False), "int16": (16, True), "uint16"
            "int32": (32, True), "int4": (4, True), "uint4": (4, False), "int2": (2, True),
            "uint2": (2, False)}
 _SCALE_DTYPE = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16"}
+# numpy dtype names of quantized storage (ml_dtypes for the narrow ones) -> IR dtypes.
+_NP_QTYPE = {"int8": "i8", "uint8": "u8", "int16": "i16", "uint16": "u16", "int32": "i32",
+             "int4": "i4", "uint4": "u4", "int2": "i2", "uint2": "u2",
+             "float8_e4m3fn": "f8e4m3fn", "float8_e5m2": "f8e5m2", "float4_e2m1fn": "f4e2m1"}
+_NP_FLOAT = {"float32": "f32", "float16": "f16"}
 
 
 # ---- public helper ------------------------------------------------------------------------------
@@ -128,13 +138,13 @@ def _zp_kind(zero_point, attrs: dict, default: tuple = (8, False)) -> tuple:
     if isinstance(zero_point, Const):
         name = zero_point.array.dtype.name
         if name not in _NP_INT:
-            raise Unsupported(f"quantization to {name} (the IR has integer dtypes only)")
+            raise Unsupported(f"quantization to {name} (integer and float8/float4 types only)")
         return _NP_INT[name]
     out = attrs.get("output_dtype", 0)
     if out:
         if out not in _ONNX_INT:
-            raise Unsupported(f"quantization to ONNX element type {out} (the IR has integer "
-                              f"dtypes only)")
+            raise Unsupported(f"quantization to ONNX element type {out} (integer and "
+                              f"float8/float4 types only)")
         return _ONNX_INT[out]
     return default
 
@@ -190,12 +200,13 @@ def _read_as_integer(im, name: str) -> bool:
 
 @_h("QuantizeLinear")
 def _quantize_linear(im, node, inputs, attrs):
+    if _beyond_quant_params(inputs, attrs, _q_dtype(inputs, attrs)):
+        return _quantize_interchange(im, node, inputs, attrs)
     if not _read_as_integer(im, node.output[0]):
         return _PAIR_QUANTIZE(im, node, inputs, attrs)
     x = inputs[0]
-    if attrs.get("block_size", 0):
-        raise Unsupported("blocked quantization (block_size): QuantParams hold one scale per "
-                          "tensor or per channel of one axis")
+    if _float_kind(x) == "f16" or _float_kind(inputs[1]) == "f16":
+        return _quantize_interchange(im, node, inputs, attrs)  # ONNX divides in float16
     if attrs.get("precision", 0) not in (0, 1):
         raise Unsupported(f"QuantizeLinear with precision={attrs['precision']} (the quantize op "
                           f"divides in float32)")
@@ -219,22 +230,154 @@ def _quantize_linear(im, node, inputs, attrs):
 @_h("DequantizeLinear")
 def _dequantize_linear(im, node, inputs, attrs):
     x = inputs[0]
-    if isinstance(x, _QOut) or not isinstance(x, Value):
+    if isinstance(x, _QOut):
+        return _PAIR_DEQUANTIZE(im, node, inputs, attrs)
+    if _beyond_quant_params(inputs, attrs, _storage_dtype(x)):
+        return _dequantize_interchange(im, node, inputs, attrs)
+    if not isinstance(x, Value):
         return _PAIR_DEQUANTIZE(im, node, inputs, attrs)
     kind = _int_kind(x)
     if kind is None:
         raise Unsupported(f"DequantizeLinear of {node.input[0]}, a {x.dtype} tensor (integer "
-                          f"inputs only; the IR has no float8/float4 dtype)")
-    if attrs.get("block_size", 0):
-        raise Unsupported("blocked quantization (block_size): QuantParams hold one scale per "
-                          "tensor or per channel of one axis")
-    out_dtype = attrs.get("output_dtype", 0)
-    if _scale_dtype(im, inputs[1], "scale") != "f32" or out_dtype not in (0, 1):
-        raise Unsupported("DequantizeLinear to a type other than float32 (the dequantize op "
-                          "produces f32)")
+                          f"and float8/float4 inputs only)")
+    if _float_kind(inputs[1]) != "f32" or attrs.get("output_dtype", 0) not in (0, 1):
+        return _dequantize_interchange(im, node, inputs, attrs)  # a float16 result
+    if x.dtype == "i32":
+        # ONNX converts int32 codes to float32 before subtracting the zero point, which rounds
+        # above 2**24; the IR's dequantize is exact there, so keep ONNX's arithmetic
+        return _dequantize_interchange(im, node, inputs, attrs)
     q = _params(im, inputs[1], inputs[2] if len(inputs) > 2 else None, kind, len(x.shape),
                 int(attrs.get("axis", 1)), f"{node.input[0]}'s")
     return im.emit("dequantize", [_attach(x, q, node.input[0])])
+
+
+# ---- QuantizeLinear / DequantizeLinear beyond QuantParams ----------------------------------------
+def _storage_dtype(x) -> Optional[str]:
+    """The IR dtype of a quantized operand (None when it is none of them)."""
+    if isinstance(x, Value):
+        return x.dtype
+    if isinstance(x, Const):
+        return _NP_QTYPE.get(x.array.dtype.name)
+    return None
+
+
+def _float_kind(x) -> Optional[str]:
+    if isinstance(x, Value):
+        return x.dtype
+    if isinstance(x, Const):
+        return _NP_FLOAT.get(x.array.dtype.name)
+    return None
+
+
+def _q_dtype(inputs, attrs) -> Optional[str]:
+    """A QuantizeLinear's result dtype: its zero point's, else `output_dtype`'s, else u8."""
+    zp = inputs[2] if len(inputs) > 2 else None
+    if zp is not None:
+        return _storage_dtype(zp)
+    out = attrs.get("output_dtype", 0)
+    return _ELEM.get(out) if out else "u8"
+
+
+def _beyond_quant_params(inputs, attrs, storage: Optional[str]) -> bool:
+    """Whether a Q/DQ's parameters are more than QuantParams hold: blocked, computed at run
+    time, or float8/float4 storage."""
+    params = [p for p in inputs[1:3] if p is not None]
+    return (bool(attrs.get("block_size", 0)) or any(isinstance(p, Value) for p in params)
+            or (storage is not None and is_narrow_float(storage)))
+
+
+def _interchange_operand(x, dtype: str):
+    """`x` as an input of the interchange ops: a constant of a narrow integer type (ml_dtypes
+    int4, ... as onnx reads them) is held one code per int8/uint8 element, as every IR value
+    of those dtypes is."""
+    if isinstance(x, Const) and x.array.dtype.name in ("int4", "uint4", "int2", "uint2"):
+        return Const(x.name, x.array.astype(numpy_dtype(dtype)), x.quant)
+    return x
+
+
+def _materialize(im, operands: list, dtypes: list) -> list:
+    """Constants whose default graph constant would have another dtype (an i4 zero point held in
+    int8, an i32 one the builder widens to i64) become graph constants of their IR dtype here,
+    unless every operand is constant (the node then folds at import time)."""
+    if all(o is None or isinstance(o, Const) for o in operands):
+        return operands
+    out = []
+    for o, dt in zip(operands, dtypes):
+        if isinstance(o, Const) and o.quant is None and (
+                o.array.dtype == np.int32 or _NP_QTYPE.get(o.array.dtype.name, dt) != dt):
+            own = Const(o.name, o.array)  # a copy: other readers keep the default constant
+            own.value = im.b.graph.add_constant(_clean_name(o.name), o.array, dtype=dt)
+            o = own
+        out.append(o)
+    return out
+
+
+def _float_zero_point(im, zp, storage: str, what: str) -> None:
+    """float8/float4 zero points must be 0 (ONNX): checked here, then not passed on."""
+    if zp is None:
+        return
+    arr = np.asarray(im.need_const(zp, f"{what} zero point")).astype(np.float32)
+    if arr.any():
+        raise Unsupported(f"its {storage} zero point is {arr.reshape(-1)[:4].tolist()}; ONNX "
+                          f"requires float8/float4 zero points to be 0")
+
+
+def _param_axis(x, attrs) -> int:
+    rank = len(_shape(x))
+    axis = int(attrs.get("axis", 1))
+    return axis % rank if rank and -rank <= axis < rank else axis
+
+
+def _quantize_interchange(im, node, inputs, attrs):
+    x, scale = inputs[0], inputs[1]
+    zp = inputs[2] if len(inputs) > 2 else None
+    dtype = _q_dtype(inputs, attrs)
+    if dtype is None or dtype == "i64" or not (is_int(dtype) or is_narrow_float(dtype)):
+        what = (zp.dtype if isinstance(zp, Value) else zp.array.dtype.name) if zp is not None \
+            else f"ONNX element type {attrs.get('output_dtype')}"
+        raise Unsupported(f"quantization to {what} (integer and float8/float4 types only)")
+    out = attrs.get("output_dtype", 0)
+    if zp is not None and out and _ELEM.get(out) != dtype:
+        raise Unsupported(f"output_dtype {out} differs from its zero point's type {dtype}")
+    xf, sf = _float_kind(x), _float_kind(scale)
+    if xf not in ("f32", "f16") or sf not in ("f32", "f16"):
+        raise Unsupported(f"QuantizeLinear of {xf or 'a non-float'} data with a "
+                          f"{sf or 'non-float'} scale (f32 and f16 only)")
+    quotient = "f16" if xf == sf == "f16" else "f32"
+    precision = attrs.get("precision", 0)
+    if precision and _ELEM.get(precision) != quotient:
+        raise Unsupported(f"QuantizeLinear with precision={precision} (the quotient of "
+                          f"{xf} data and a {sf} scale is {quotient})")
+    if is_narrow_float(dtype):
+        _float_zero_point(im, zp, dtype, node.output[0])
+        zp = None
+    operands = _materialize(im, [x, scale, _interchange_operand(zp, dtype)],
+                            [xf, sf, dtype])
+    return im.emit("quantize_linear", operands,
+                   {"axis": _param_axis(x, attrs), "block_size": int(attrs.get("block_size", 0)),
+                    "dtype": dtype, "saturate": bool(attrs.get("saturate", 1))})
+
+
+def _dequantize_interchange(im, node, inputs, attrs):
+    x, scale = inputs[0], inputs[1]
+    zp = inputs[2] if len(inputs) > 2 else None
+    storage = _storage_dtype(x)
+    if storage is None or storage == "i64" or not (is_int(storage) or is_narrow_float(storage)):
+        raise Unsupported(f"DequantizeLinear of {node.input[0]}, not an integer or "
+                          f"float8/float4 tensor")
+    sf = _float_kind(scale)
+    if sf not in ("f32", "f16"):
+        raise Unsupported(f"its scale is {sf or 'not a float tensor'} (f32 and f16 only)")
+    out = attrs.get("output_dtype", 0)
+    if out and _ELEM.get(out) != sf:
+        raise Unsupported(f"output_dtype {out} differs from its {sf} scale's type")
+    if is_narrow_float(storage):
+        _float_zero_point(im, zp, storage, node.input[0])
+        zp = None
+    operands = _materialize(im, [_interchange_operand(x, storage), scale,
+                                 _interchange_operand(zp, storage)], [storage, sf, storage])
+    return im.emit("dequantize_linear", operands,
+                   {"axis": _param_axis(x, attrs), "block_size": int(attrs.get("block_size", 0))})
 
 
 # ---- QLinearConv / ConvInteger -------------------------------------------------------------------

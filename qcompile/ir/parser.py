@@ -21,8 +21,8 @@ import numpy as np
 from ..errors import OpError, ParseError
 from .graph import Graph, Node, Value
 from .ops import registry
-from .types import DTYPES, QuantParams, TensorType, int_bits, int_range, is_float, is_signed, \
-    numpy_dtype
+from .types import DTYPES, QuantParams, TensorType, int_bits, int_range, is_float, \
+    is_narrow_float, is_signed, numpy_dtype
 
 # ---- tokens ---------------------------------------------------------------------------------
 # kinds: NAME (%x), GNAME (@g), STRING, NUMBER, WORD, TYPE (tensor<...>), PUNCT, EOF
@@ -459,7 +459,8 @@ class _Parser:
         if len(items) != ttype.numel:
             raise self.error(f"constant %{name.value} has {len(items)} elements but its type "
                              f"holds {ttype.numel}", start)
-        arr = np.array(items, dtype=np.float64 if is_float(dtype) else object)
+        floatlike = is_float(dtype) or is_narrow_float(dtype)
+        arr = np.array(items, dtype=np.float64 if floatlike else object)
         return arr.astype(numpy_dtype(dtype)).reshape(ttype.shape)
 
     def parse_element(self, dtype: str) -> Any:
@@ -471,7 +472,7 @@ class _Parser:
                 return False
             raise self.error(f"expected true or false, found {self.describe(tok)}")
         tok = self.expect_kind("NUMBER", f"a {dtype} number")
-        if is_float(dtype):
+        if is_float(dtype) or is_narrow_float(dtype):
             return float(tok.value)
         if not isinstance(tok.value, int):
             raise self.error(f"expected an integer for {dtype} data, found {tok.text}", tok)

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import numpy as np
 
 from .graph import Graph, Node, Value, valid_name
-from .types import QuantParams, TensorType, is_float, numpy_dtype
+from .types import QuantParams, TensorType, is_float, is_narrow_float, numpy_dtype
 
 INLINE_LIMIT = 16   # constants with at most this many elements print their data inline
 HASH_CHARS = 16     # hex digits of the sha256 kept in a summary
@@ -139,7 +139,7 @@ def content_hash(data: np.ndarray, dtype: str) -> str:
 def format_range_bound(x: Any, dtype: str) -> str:
     # Four significant digits: a summary is for reading; the hash is what identifies the data.
     # `%.4g` text reads back to a float that formats to the same text, so summaries round-trip.
-    if is_float(dtype):
+    if is_float(dtype) or is_narrow_float(dtype):
         return "%.4g" % float(x)
     return str(int(x))
 
@@ -167,9 +167,10 @@ def format_elements(data: np.ndarray, dtype: str) -> str:
     arr = _as_storage(data, dtype).reshape(-1)
     if dtype == "bool":
         items = ["true" if x else "false" for x in arr.tolist()]
-    elif is_float(dtype):
-        # str() of a numpy f32/f16 scalar is the shortest text that reads back to the same value
-        # in that precision, so the dump stays readable (0.1, not 0.10000000149011612).
+    elif is_float(dtype) or is_narrow_float(dtype):
+        # str() of a numpy f32/f16 (or ml_dtypes float8/float4) scalar is the shortest text that
+        # reads back to the same value in that precision, so the dump stays readable (0.1, not
+        # 0.10000000149011612).
         items = [str(x) for x in arr]
     else:
         items = [str(x) for x in arr.tolist()]

@@ -1,7 +1,12 @@
 """Tensor types and quantization parameters.
 
 dtypes are short strings as they print in the text form: `f32`, `f16`, `i2`…`i16`, `u2`…`u16`,
-`i32`, `i64`, `bool`. A dimension is an int, or None for a dynamic one (printed `?`).
+`i32`, `i64`, `bool`, and the ONNX narrow float storage formats `f8e4m3fn`, `f8e5m2`, `f4e2m1`.
+A dimension is an int, or None for a dynamic one (printed `?`).
+
+The narrow floats are storage types only (what ONNX's float8/float4 QuantizeLinear produces and
+DequantizeLinear reads): `is_float` is false for them, so no arithmetic op accepts them. They
+are held in `ml_dtypes` arrays (the package onnx itself uses), imported only when needed.
 """
 from __future__ import annotations
 
@@ -13,11 +18,19 @@ import numpy as np
 FLOAT_DTYPES = ("f32", "f16")
 INT_DTYPES = tuple(f"i{b}" for b in range(2, 17)) + ("i32", "i64")
 UINT_DTYPES = tuple(f"u{b}" for b in range(2, 17))
-DTYPES = FLOAT_DTYPES + INT_DTYPES + UINT_DTYPES + ("bool",)
+# IR name -> ml_dtypes type name, for the narrow float storage formats.
+NARROW_FLOAT_DTYPES = {"f8e4m3fn": "float8_e4m3fn", "f8e5m2": "float8_e5m2",
+                       "f4e2m1": "float4_e2m1fn"}
+DTYPES = FLOAT_DTYPES + INT_DTYPES + UINT_DTYPES + ("bool",) + tuple(NARROW_FLOAT_DTYPES)
 
 
 def is_float(dtype: str) -> bool:
     return dtype in FLOAT_DTYPES
+
+
+def is_narrow_float(dtype: str) -> bool:
+    """A float8/float4 storage dtype (not an arithmetic float type: see the module doc)."""
+    return dtype in NARROW_FLOAT_DTYPES
 
 
 def is_int(dtype: str) -> bool:
@@ -56,6 +69,9 @@ def numpy_dtype(dtype: str) -> np.dtype:
         return np.dtype(np.bool_)
     if dtype == "i64":
         return np.dtype(np.int64)
+    if dtype in NARROW_FLOAT_DTYPES:
+        import ml_dtypes
+        return np.dtype(getattr(ml_dtypes, NARROW_FLOAT_DTYPES[dtype]))
     bits = int_bits(dtype)
     signed = is_signed(dtype)
     for width, s_t, u_t in ((8, np.int8, np.uint8), (16, np.int16, np.uint16), (32, np.int32, np.uint32)):
@@ -71,6 +87,9 @@ def dtype_from_numpy(np_dtype) -> str:
     for k, v in table.items():
         if np_dtype == np.dtype(k):
             return v
+    for ir_name, ml_name in NARROW_FLOAT_DTYPES.items():
+        if np_dtype.name == ml_name:
+            return ir_name
     raise ValueError(f"unsupported numpy dtype {np_dtype}")
 
 

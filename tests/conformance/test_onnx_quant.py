@@ -6,7 +6,9 @@ the cases' expected outputs bit for bit.
 The cases feed scales and zero points as graph inputs; QuantParams are compile-time facts, so
 those inputs (and convolution weights, which real models hold as initializers) are frozen into
 initializers with the case's values before import. Everything else stays a run-time input.
-Cases qcompile cannot represent are strict xfails naming what they need.
+Parameters QuantParams cannot hold (blocked, float8/float4, the run-time scale of the expanded
+DynamicQuantizeLinear) import as `quantize_linear` / `dequantize_linear` (CASE_OPS). A case
+qcompile cannot represent would be a strict xfail naming what it needs (UNSUPPORTED).
 """
 from __future__ import annotations
 
@@ -41,26 +43,27 @@ EXPECTED_OPS = {"QuantizeLinear": {"quantize"}, "DequantizeLinear": {"dequantize
                 "ConvInteger": {"qconv2d"}, "MatMulInteger": {"qmatmul"},
                 "DynamicQuantizeLinear": {"dynamic_quantize_linear"}}
 
-# Unsupported cases: (reason, pattern the FrontendError must match, so each fails for its reason).
-_NO_FLOAT8 = ("the IR has no float8/float4 dtype",
-              r"quantization to float[48]|element type \((17|19|23)\) the IR cannot hold")
-_BLOCKED = ("blocked quantization (block_size): QuantParams hold one scale per tensor or per "
-            "channel of one axis, not per block", r"blocked quantization")
-_EXPANDED = ("the expansion computes the scale at run time (ReduceMin/ReduceMax/Round feeding "
-             "QuantizeLinear): ReduceMin and Round have no importer, and QuantParams are "
-             "compile-time; the fused DynamicQuantizeLinear imports", r"ReduceMin(.|\n)*Round")
-UNSUPPORTED = {
-    "test_quantizelinear_e4m3fn": _NO_FLOAT8, "test_quantizelinear_e5m2": _NO_FLOAT8,
-    "test_quantizelinear_float4e2m1": _NO_FLOAT8,
-    "test_dequantizelinear_e4m3fn": _NO_FLOAT8, "test_dequantizelinear_e4m3fn_float16": _NO_FLOAT8,
-    "test_dequantizelinear_e4m3fn_zero_point": _NO_FLOAT8, "test_dequantizelinear_e5m2": _NO_FLOAT8,
-    "test_dequantizelinear_float4e2m1": _NO_FLOAT8,
-    "test_quantizelinear_blocked_asymmetric": _BLOCKED,
-    "test_quantizelinear_blocked_symmetric": _BLOCKED, "test_dequantizelinear_blocked": _BLOCKED,
-    "test_dynamicquantizelinear_expanded": _EXPANDED,
-    "test_dynamicquantizelinear_max_adjusted_expanded": _EXPANDED,
-    "test_dynamicquantizelinear_min_adjusted_expanded": _EXPANDED,
+# Cases whose import differs from their op's EXPECTED_OPS: parameters QuantParams cannot hold
+# (blocks, float8/float4 storage, run-time scales) import as the interchange ops, and the
+# expanded DynamicQuantizeLinear is a graph of several ONNX ops.
+_QL, _DQL = {"quantize_linear"}, {"dequantize_linear"}
+_EXPANDED_DQL = {"reduce_min", "reduce_max", "minimum", "maximum", "sub", "div", "clip", "round",
+                 "cast", "quantize_linear"}
+CASE_OPS = {
+    "test_quantizelinear_e4m3fn": _QL, "test_quantizelinear_e5m2": _QL,
+    "test_quantizelinear_float4e2m1": _QL, "test_quantizelinear_blocked_asymmetric": _QL,
+    "test_quantizelinear_blocked_symmetric": _QL,
+    "test_dequantizelinear_e4m3fn": _DQL, "test_dequantizelinear_e4m3fn_float16": _DQL,
+    "test_dequantizelinear_e4m3fn_zero_point": _DQL, "test_dequantizelinear_e5m2": _DQL,
+    "test_dequantizelinear_float4e2m1": _DQL, "test_dequantizelinear_blocked": _DQL,
+    "test_dynamicquantizelinear_expanded": _EXPANDED_DQL,
+    "test_dynamicquantizelinear_max_adjusted_expanded": _EXPANDED_DQL,
+    "test_dynamicquantizelinear_min_adjusted_expanded": _EXPANDED_DQL,
 }
+
+# Unsupported cases: (reason, pattern the FrontendError must match, so each fails for its reason).
+# Every official case imports now; an entry here must name a real case.
+UNSUPPORTED: dict[str, tuple[str, str]] = {}
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +116,9 @@ def _assert_exact(got: np.ndarray, ir_dtype: str, want: TensorProto, name: str) 
         got = got.astype(np.int64)
     else:
         assert got.dtype == expected.dtype, f"{name}: dtype {got.dtype} != {expected.dtype}"
-    diff = got != expected
+    # Bit for bit: compare the stored bytes, so -0 against +0 (and nan payloads) count too.
+    width = np.dtype(f"u{got.dtype.itemsize}")
+    diff = np.ascontiguousarray(got).view(width) != np.ascontiguousarray(expected).view(width)
     assert not diff.any(), (f"{name}: {int(diff.sum())} of {diff.size} values differ\n"
                             f"got      {got.reshape(-1)[:16]}\n"
                             f"expected {expected.reshape(-1)[:16]}")
@@ -159,9 +164,12 @@ def test_onnx_node_case(name, onnx_cases):
         if name in UNSUPPORTED:  # a failure for another reason is no expected failure
             assert re.search(UNSUPPORTED[name][1], str(exc)), str(exc)
         raise
-    onnx_ops = {n.op_type for n in model.graph.node}
-    assert len(onnx_ops) == 1, onnx_ops
-    assert set(graph.op_counts()) == EXPECTED_OPS[onnx_ops.pop()], graph.op_counts()
+    if name in CASE_OPS:
+        assert set(graph.op_counts()) == CASE_OPS[name], graph.op_counts()
+    else:
+        onnx_ops = {n.op_type for n in model.graph.node}
+        assert len(onnx_ops) == 1, onnx_ops
+        assert set(graph.op_counts()) == EXPECTED_OPS[onnx_ops.pop()], graph.op_counts()
     assert len(got) == len(outs)
     for g, v, want in zip(got, graph.outputs, outs):
         _assert_exact(np.asarray(g), v.dtype, want, f"{name}:{v.name}")

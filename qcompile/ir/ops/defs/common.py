@@ -11,7 +11,7 @@ from typing import NoReturn, Optional, Sequence
 import numpy as np
 
 from ....errors import OpError
-from ...types import TensorType, is_float, is_int, numpy_dtype
+from ...types import TensorType, is_float, is_int, is_narrow_float, numpy_dtype
 
 
 def fail(op: str, message: str) -> NoReturn:
@@ -60,6 +60,9 @@ def require_float(op: str, t: TensorType, what: str = "input") -> None:
 def require_numeric(op: str, t: TensorType, what: str = "input") -> None:
     if t.dtype == "bool":
         fail(op, f"{what} must be numeric, got bool {fmt(t.shape)}")
+    if is_narrow_float(t.dtype):  # a storage format: dequantize_linear reads it
+        fail(op, f"{what} is {t.dtype} {fmt(t.shape)}, a float8/float4 storage type; "
+                 f"dequantize_linear it to f32 first")
 
 
 def same_dtype(op: str, *types: TensorType) -> str:

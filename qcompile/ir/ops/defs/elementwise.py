@@ -96,6 +96,8 @@ _unary("hardsigmoid", "relu6(x + 3) / 6, PyTorch's hardsigmoid",
        lambda x: (_relu6(x + 3) / 6).astype(x.dtype))
 _unary("hardswish", "x * relu6(x + 3) / 6, PyTorch's hardswish",
        lambda x: (x * _relu6(x + 3) / 6).astype(x.dtype))
+_unary("round", "round to the nearest integer, ties to even (ONNX Round; nan and +-inf kept)",
+       np.rint)
 _unary("neg", "-x", np.negative, float_only=False)
 _unary("abs", "|x|", np.abs, float_only=False)
 _unary("relu", "max(x, 0)", lambda x: np.maximum(x, np.zeros((), x.dtype)), float_only=False,

@@ -16,15 +16,21 @@ targets; these are what an ONNX model *says*.
 * `dynamic_quantize_linear`: DynamicQuantizeLinear chooses scale and zero point from the data at
   run time; QuantParams are compile-time facts, so the result carries none and the scale and
   zero point are ordinary outputs.
+* `quantize_linear` / `dequantize_linear`: QuantizeLinear / DequantizeLinear whose parameters
+  QuantParams cannot describe (one scale per block of `block_size` elements along an axis,
+  scales or zero points computed at run time, float8/float4 storage). The parameters are tensor
+  inputs, and the ops compute what the ONNX reference computes. Q/DQ with constant per-tensor or
+  per-axis integer parameters keep importing as `quantize` / `dequantize` with QuantParams.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ....quant.intmath import quantize_float, round_half_away, round_half_even
-from ...types import TensorType, is_int, numpy_dtype
+from ...types import (INT_DTYPES, NARROW_FLOAT_DTYPES, UINT_DTYPES, TensorType, int_bits,
+                      int_range, is_float, is_int, is_narrow_float, is_signed, numpy_dtype)
 from ..registry import AttrSpec, register_op
-from .common import fail, fmt
+from .common import fail, fmt, norm_axis
 
 _SCALE_DTYPES = {"f32": np.float32, "f16": np.float16, "f64": np.float64}
 
@@ -141,3 +147,171 @@ def _dynamic_quantize_linear(x):
 # A float-to-integer boundary like `quantize`: the same computation in either interpreter mode.
 dynamic_quantize_linear.kernel("float")(_dynamic_quantize_linear)
 dynamic_quantize_linear.kernel("int")(_dynamic_quantize_linear)
+
+
+# ---- quantize_linear / dequantize_linear ---------------------------------------------------------
+# Integer storage dtypes ONNX quantizes to (i64 is no quantized type).
+_Q_INT_DTYPES = tuple(d for d in INT_DTYPES + UINT_DTYPES if d != "i64")
+_Q_DTYPES = _Q_INT_DTYPES + tuple(NARROW_FLOAT_DTYPES)
+_PARAM_ATTRS = {
+    "axis": AttrSpec("int", 1, doc="the axis a 1-D (per-axis) or blocked scale runs along"),
+    "block_size": AttrSpec("int", 0, doc="0: per tensor / per axis; > 0: each scale covers "
+                           "block_size consecutive elements along `axis`"),
+}
+
+
+def _check_params(op: str, x: TensorType, scale: TensorType, zero_point, axis: int,
+                  block_size: int, zp_dtype: str) -> None:
+    """The parameter shapes ONNX allows: a scalar (or one element), a 1-D tensor along `axis`,
+    or (block_size > 0) x's shape with `axis` shrunk to ceil(x.shape[axis] / block_size)."""
+    if not is_float(scale.dtype):
+        fail(op, f"scale must be f32 or f16, got {scale.dtype} {fmt(scale.shape)}")
+    if block_size < 0:
+        fail(op, f"block_size {block_size} is negative")
+    numel = None if not scale.is_static else scale.numel
+    if numel == 1:
+        pass  # per tensor: the axis is not read
+    elif block_size:
+        ax = norm_axis(op, axis, x.rank)
+        if scale.rank != x.rank:
+            fail(op, f"a blocked scale must have the input's rank: scale {fmt(scale.shape)}, "
+                     f"input {fmt(x.shape)}")
+        for d, (dx, ds) in enumerate(zip(x.shape, scale.shape)):
+            want = dx if d != ax or dx is None else -(-dx // block_size)
+            if dx is not None and ds is not None and ds != want:
+                fail(op, f"blocked scale {fmt(scale.shape)} does not fit input {fmt(x.shape)} "
+                         f"with block_size {block_size} along axis {ax} (dimension {d} should "
+                         f"be {want})")
+    else:
+        ax = norm_axis(op, axis, x.rank)
+        if scale.rank != 1:
+            fail(op, f"scale {fmt(scale.shape)} must be a scalar or 1-D (per axis) without "
+                     f"block_size")
+        if x.shape[ax] is not None and scale.shape[0] is not None and scale.shape[0] != x.shape[ax]:
+            fail(op, f"{scale.shape[0]} scales for {x.shape[ax]} elements along axis {ax} of "
+                     f"input {fmt(x.shape)}")
+    if zero_point is not None:
+        if zero_point.dtype != zp_dtype:
+            fail(op, f"zero_point must be {zp_dtype}, got {zero_point.dtype} "
+                     f"{fmt(zero_point.shape)}")
+        if zero_point.shape != scale.shape:
+            fail(op, f"zero_point {fmt(zero_point.shape)} and scale {fmt(scale.shape)} differ "
+                     f"in shape")
+
+
+def expand_param(p: np.ndarray, x_shape: tuple, axis: int, block_size: int) -> np.ndarray:
+    """A scale / zero point shaped to broadcast against x: a one-element tensor as a scalar, a
+    1-D one along `axis`, a blocked one repeated `block_size` times along `axis` and cut to
+    x's length there (the last block may be shorter)."""
+    p = np.asarray(p)
+    if p.size == 1:
+        return p.reshape(())
+    axis = axis % len(x_shape)
+    if not block_size:
+        shape = [1] * len(x_shape)
+        shape[axis] = p.size
+        return p.reshape(shape)
+    return np.repeat(p, block_size, axis=axis).take(range(x_shape[axis]), axis=axis)
+
+
+@register_op("quantize_linear", inputs=("x", "scale", "zero_point?"),
+             attrs={**_PARAM_ATTRS,
+                    "dtype": AttrSpec("str", choices=_Q_DTYPES, doc="output dtype: an integer, "
+                                      "or the float8/float4 storage types f8e4m3fn, f8e5m2, "
+                                      "f4e2m1"),
+                    "saturate": AttrSpec("bool", True, doc="float8 only: clamp out-of-range "
+                                         "values to the largest finite value")})
+def quantize_linear(x, scale, zero_point=None, *, axis, block_size, dtype, saturate):
+    """ONNX QuantizeLinear with parameters as tensor inputs (blocked, run-time or float8/float4).
+
+    scale and zero_point are broadcast against x as ONNX does: a one-element tensor per tensor,
+    a 1-D tensor along `axis`, or (block_size > 0) a tensor of x's rank whose `axis` dimension
+    is ceil(x.shape[axis] / block_size), each element repeated over block_size consecutive
+    elements along `axis`. v = x / scale is one division in the wider float type of x and scale
+    (float32 unless both are float16). Integer dtypes: y = clamp(round_half_even(v) +
+    zero_point, qmin, qmax) (zero point 0 when absent); the result saturates also where the
+    ONNX reference's int32 cast of round(v) would overflow, and a nan v is an error. float8
+    (f8e4m3fn, f8e5m2): y = v converted with round to nearest even, after clamping v to
+    [-max, max] when saturate (inf then becomes +-max; nan stays nan); without saturate an
+    out-of-range v becomes nan (e4m3fn, which has no inf) or +-inf (e5m2). f4e2m1: y = v + 0.0
+    converted with round to nearest even, always saturating (the format has no inf or nan; a
+    nan converts to a zero as ml_dtypes, which the ONNX reference uses, converts it); the
+    reference adds its zero point, which must be 0, so -0 becomes +0. The float formats take no
+    zero_point input (ONNX requires it to be 0). The conversions are ml_dtypes' float32 (or
+    float16) to float8/float4 casts. Not integer-only: `lower-integer` never emits this op.
+    """
+    op = "quantize_linear"
+    if not is_float(x.dtype):
+        fail(op, f"input must be f32 or f16, got {x.dtype} {fmt(x.shape)}")
+    if is_narrow_float(dtype) and zero_point is not None:
+        fail(op, f"a {dtype} result takes no zero_point input (ONNX requires it to be 0)")
+    _check_params(op, x, scale, zero_point, axis, block_size, dtype)
+    return x.with_dtype(dtype)
+
+
+def _quotient(x: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        return np.asarray(x / scale)  # numpy promotes f16 / f32 to f32, as ONNX's reference
+
+
+def _quantize_linear(x, scale, zero_point=None, *, axis, block_size, dtype, saturate):
+    shape = x.shape
+    v = _quotient(x, expand_param(scale, shape, axis, block_size))
+    if is_narrow_float(dtype):
+        target = numpy_dtype(dtype)
+        if dtype == "f4e2m1":
+            v = v + v.dtype.type(0.0)  # the reference's `x + zero_point`: -0 -> +0
+        elif saturate:
+            import ml_dtypes
+            top = float(ml_dtypes.finfo(target).max)
+            v = np.clip(v, -top, top)
+        return v.astype(target)
+    if np.isnan(v).any():
+        raise ValueError(f"quantize_linear: {int(np.isnan(v).sum())} values of x / scale are "
+                         f"nan (nan input, or 0 / 0)")
+    # Clamp in float before the int cast, so huge quotients and +-inf saturate.
+    r = np.clip(np.rint(v).astype(np.float64), -(2.0 ** 40), 2.0 ** 40).astype(np.int64)
+    if zero_point is not None:
+        r = r + expand_param(zero_point, shape, axis, block_size).astype(np.int64)
+    lo, hi = int_range(int_bits(dtype), is_signed(dtype))
+    return np.clip(r, lo, hi).astype(numpy_dtype(dtype))
+
+
+# A float-to-integer boundary like `quantize`: the same computation in either interpreter mode.
+quantize_linear.kernel("float")(_quantize_linear)
+quantize_linear.kernel("int")(_quantize_linear)
+
+
+@register_op("dequantize_linear", inputs=("x", "scale", "zero_point?"), attrs=_PARAM_ATTRS)
+def dequantize_linear(x, scale, zero_point=None, *, axis, block_size):
+    """ONNX DequantizeLinear with parameters as tensor inputs (blocked, run-time or float8/float4).
+
+    scale and zero_point broadcast against x as for `quantize_linear`. y = T((float32(x) -
+    zero_point) * scale) in the scale's type T (f32 or f16), with numpy's promotions, as the ONNX
+    reference computes: x is first rounded to float32 (exact up to 2**24), the difference and the
+    product are float32, except with an i32 zero point, which makes both float64 (a float16
+    scale is multiplied in float32), and the result is rounded once to T. Without a zero point
+    y = T(float32(x) * scale). float8/float4 inputs (f8e4m3fn, f8e5m2, f4e2m1) take no
+    zero_point input (ONNX requires it to be 0), and their products are exact in float32. Not
+    integer-only: `lower-integer` never emits this op.
+    """
+    op = "dequantize_linear"
+    if not (is_int(x.dtype) and x.dtype != "i64") and not is_narrow_float(x.dtype):
+        fail(op, f"input must be an integer or float8/float4 tensor, got {x.dtype} "
+                 f"{fmt(x.shape)}")
+    if is_narrow_float(x.dtype) and zero_point is not None:
+        fail(op, f"a {x.dtype} input takes no zero_point input (ONNX requires it to be 0)")
+    _check_params(op, x, scale, zero_point, axis, block_size, x.dtype)
+    return x.with_dtype(scale.dtype)
+
+
+def _dequantize_linear(x, scale, zero_point=None, *, axis, block_size):
+    dx = x.astype(np.float32)
+    if zero_point is not None:
+        dx = dx - expand_param(zero_point, x.shape, axis, block_size)
+    y = dx * expand_param(scale, x.shape, axis, block_size)
+    return np.asarray(y).astype(scale.dtype)
+
+
+dequantize_linear.kernel("float")(_dequantize_linear)
+dequantize_linear.kernel("int")(_dequantize_linear)

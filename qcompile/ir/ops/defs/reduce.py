@@ -17,8 +17,8 @@ def _reduce(name: str, doc: str, fn: Callable, float_only: bool) -> None:
     def infer(x: TensorType, *, axes, keepdims) -> TensorType:
         (require_float if float_only else require_numeric)(name, x)
         axes = norm_axes(name, axes, x.rank) if axes else tuple(range(x.rank))
-        if name == "reduce_max" and any(x.shape[a] == 0 for a in axes):
-            fail(name, f"cannot take the max over an empty axis of {fmt(x.shape)}")
+        if name in ("reduce_max", "reduce_min") and any(x.shape[a] == 0 for a in axes):
+            fail(name, f"cannot take the {name[7:]} over an empty axis of {fmt(x.shape)}")
         if keepdims:
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
         else:
@@ -48,3 +48,4 @@ _reduce("mean", "arithmetic mean over `axes` (accumulated in float64)", _mean, f
 _reduce("reduce_sum", "sum over `axes` (float64 / int64 accumulation, result in x's dtype)",
         _sum, float_only=False)
 _reduce("reduce_max", "maximum over `axes` (nan if any element is nan)", np.max, float_only=False)
+_reduce("reduce_min", "minimum over `axes` (nan if any element is nan)", np.min, float_only=False)
