@@ -18,6 +18,8 @@ from tvm import tirx as tir
 Expr = Union[int, "tir.PrimExpr"]
 
 I64 = "int64"
+I32 = "int32"
+INT32_LO, INT32_HI = -(1 << 31), (1 << 31) - 1
 
 
 def expr(e):
@@ -38,69 +40,107 @@ def i64(v: Expr):
     return v if dtype_of(v) == I64 else v.astype(I64)
 
 
-def _pow2(e: Expr):
+def i32(v: Expr):
+    """`v` as an int32 TIR expression. Narrowing an int64 expression is a plain truncation:
+    callers only pass values the interpreter proved to fit int32."""
+    if isinstance(v, int):
+        return tir.const(v, I32)
+    v = expr(v)
+    return v if dtype_of(v) == I32 else v.astype(I32)
+
+
+def _pow2(e: Expr, dtype: str = I64):
     if isinstance(e, int):
-        return tir.const(1 << e, I64)
-    return tir.const(1, I64) << e
+        return tir.const(1 << e, dtype)
+    return tir.const(1, dtype) << e.astype(dtype)
 
 
 def srdhm(a, m0: Expr):
-    """SaturatingRoundingDoublingHighMul of int32 values held in int64 (intmath.srdhm):
+    """SaturatingRoundingDoublingHighMul of int32 values (intmath.srdhm), as int64:
     trunc((a*m0 + nudge) / 2**31), nudge = 2**30 if a*m0 >= 0 else 1 - 2**30.
 
-    The INT32_MIN * INT32_MIN saturation cannot occur: Q31 multipliers are never negative.
-    Each formula here uses its operand at most twice: TVM's simplifier is slow on expression
-    trees that repeat subterms, and nesting multiplies the repeats."""
-    ab = a * i64(m0)
-    nudge = tir.Select(ab >= 0, tir.const(1 << 30, I64), tir.const(1 - (1 << 30), I64))
-    return tir.truncdiv(ab + nudge, tir.const(1 << 31, I64))
+    For a*m0 >= 0 that is floor((a*m0 + 2**30) / 2**31); for a*m0 < 0 the sum is negative and
+    trunc(s / 2**31) = floor((s + 2**31 - 1) / 2**31), which is the same floor. So the result
+    is `(a*m0 + 2**30) >> 31` (arithmetic shift) in both cases: no select, no division, and
+    the product of two sign-extended int32 values is one vpmuldq on x86. The
+    INT32_MIN * INT32_MIN saturation cannot occur: Q31 multipliers are never negative."""
+    ab = i64(i32(a)) * i64(i32(m0))
+    return (ab + tir.const(1 << 30, I64)) >> tir.const(31, I64)
+
+
+def _rdbpot32(x, e: Expr):
+    """intmath.rdbpot in int32: (x >> e) + (rem > thr), rem = x & (2**e - 1),
+    thr = ((2**e - 1) >> 1) + (x < 0) (x appears three times, mask twice). Every step stays in int32 (AVX2 has variable 32-bit
+    shifts, not 64-bit arithmetic ones), and nothing overflows for any int32 x, e in [0, 31]."""
+    if isinstance(e, int) and e == 0:
+        return i32(x)
+    xv, e32 = i32(x), i32(e)
+    one, zero = tir.const(1, I32), tir.const(0, I32)
+    mask = tir.const((1 << e) - 1, I32) if isinstance(e, int) else _pow2(e, I32) - one
+    thr = (mask >> one) + tir.Select(xv < zero, one, zero)
+    return (xv >> e32) + tir.Select((xv & mask) > thr, one, zero)
 
 
 def rdbpot(x, e: Expr):
-    """RoundingDivideByPOT (intmath.rdbpot): x / 2**e rounded half away from zero.
-
-    intmath's `(x >> e) + (rem > thr)` rounds ties away from zero; so does
-    trunc((x + sign(x) * 2**(e-1)) / 2**e), which is what this computes (exact in int64)."""
-    if isinstance(e, int):
-        if e == 0:
-            return x
-        half = tir.const(1 << (e - 1), I64)
-    else:
-        half = _pow2(e) >> tir.const(1, I64)  # e = 0: half 0, division by 1
-    return tir.truncdiv(x + tir.Select(x < 0, -half, half), _pow2(e))
+    """RoundingDivideByPOT (intmath.rdbpot) of an int32 value: x / 2**e rounded half away
+    from zero, returned as int64."""
+    return i64(_rdbpot32(x, e))
 
 
 def _left_right(shift: Expr):
     if isinstance(shift, int):
         return max(shift, 0), max(-shift, 0)
-    zero = tir.const(0, I64)
-    return tir.max(shift, zero), tir.max(-shift, zero)
+    zero = tir.const(0, I32)
+    s = i32(shift)
+    return tir.max(s, zero), tir.max(-s, zero)
 
 
-def requantize(x, m0: Expr, shift: Expr, rounding: str):
-    """x * m0 * 2**(shift - 31) rounded per `rounding` (intmath.requantize / shift_requantize).
+def requantize32(x, m0: Expr, shift: Expr, rounding: str):
+    """x * m0 * 2**(shift - 31) rounded per `rounding` (intmath.requantize / shift_requantize)
+    as an int32 expression.
 
-    `x` is an int64 expression holding an int32 value; the result is int64."""
-    x = i64(x)
+    `x` is an integer expression holding an int32 value. intmath raises wherever an
+    intermediate or the result would leave int32, so here they all fit: everything runs in
+    int32 except the one 32x32->64 product, which vectorises (vpmuldq) where int64 chains
+    with per-channel 64-bit shifts would not."""
     if rounding == "shift_only":
         left, right = _left_right(shift)
         if isinstance(shift, int):
-            return x * _pow2(left) if shift >= 0 else rdbpot(x, right)
-        return tir.Select(shift >= 0, x << left, rdbpot(x, right))
+            return i32(x) << tir.const(left, I32) if shift >= 0 else _rdbpot32(x, right)
+        xv = i32(x)
+        return tir.Select(i32(shift) >= tir.const(0, I32), xv << left, _rdbpot32(xv, right))
     if rounding == "gemmlowp_double":
         left, right = _left_right(shift)
-        xs = x if isinstance(left, int) and left == 0 else x * _pow2(left)
-        return rdbpot(srdhm(xs, m0), right)
+        xs = i32(x) if isinstance(left, int) and left == 0 else \
+            i32(x) << (tir.const(left, I32) if isinstance(left, int) else left)
+        return _rdbpot32(i32(srdhm(xs, m0)), right)
     if rounding in ("single_half_up", "single_half_away"):
-        n = (31 - shift) if isinstance(shift, int) else tir.const(31, I64) - shift
+        # n = 31 - shift in [1, 62]: the shift itself has to be 64-bit
+        n = (31 - shift) if isinstance(shift, int) else tir.const(31, I64) - i64(shift)
         half = _pow2(n - 1)
-        prod = x * i64(m0)
+        prod = i64(i32(x)) * i64(i32(m0))
         if rounding == "single_half_away":
-            offset = tir.Select(prod >= 0, half, half - tir.const(1, I64))
-        else:
-            offset = half
-        return (prod + offset) >> i64(n)  # arithmetic shift: floor
+            offset = tir.Select(prod >= tir.const(0, I64), half, half - tir.const(1, I64))
+            return i32((prod + offset) >> i64(n))
+        return i32((prod + half) >> i64(n))  # arithmetic shift: floor
     raise ValueError(f"unknown requantization rounding {rounding!r}")
+
+
+def requantize(x, m0: Expr, shift: Expr, rounding: str):
+    """requantize32 as an int64 expression (the form the element-wise kernels add to)."""
+    return i64(requantize32(x, m0, shift, rounding))
+
+
+def requantize_clamp(x, m0: Expr, shift: Expr, rounding: str, zy: int, lo: int, hi: int,
+                     dtype: str):
+    """clip(requantize(x) + zy, lo, hi) stored as `dtype`, in int32 where that is exact:
+    clip(y + zy, lo, hi) == clip(y, lo - zy, hi - zy) + zy, and the right side cannot
+    overflow when both bounds fit int32 (AVX2 has no 64-bit min/max)."""
+    y = requantize32(x, m0, shift, rounding)
+    if INT32_LO <= lo - zy and hi - zy <= INT32_HI:
+        y = tir.min(tir.max(y, tir.const(lo - zy, I32)), tir.const(hi - zy, I32))
+        return (y + tir.const(zy, I32)).astype(dtype) if zy else y.astype(dtype)
+    return clamp_cast(i64(y) + i64(zy), lo, hi, dtype)
 
 
 def wrap(acc, bits: int):

@@ -137,6 +137,7 @@ def tvm_op(*names: str):
 
 def supported_ops() -> list[str]:
     from . import ops  # noqa: F401  (registers the lowerings)
+    from . import ops_transformer  # noqa: F401
     return sorted(_LOWERINGS)
 
 
@@ -148,6 +149,7 @@ class Lowering:
 
     def __init__(self, graph: Graph, batch: int = 1, schedule: Optional[Scheduler] = None):
         from . import ops  # noqa: F401
+        from . import ops_transformer  # noqa: F401
         self.graph = graph
         self.batch = batch
         self.schedule = schedule
@@ -193,7 +195,7 @@ class Lowering:
         base, i = name, 1
         while name in self.params:
             name, i = f"{base}_{i}", i + 1
-        arr = np.ascontiguousarray(data)
+        arr = np.ascontiguousarray(data).reshape(np.shape(data))  # keeps a 0-d scalar 0-d
         self.params[name] = arr
         var = relax.Var(_ident(name), relax.TensorType(arr.shape, arr.dtype.name))
         self._param_vars[name] = var

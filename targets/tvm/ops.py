@@ -38,23 +38,33 @@ def _requant_epilogue(low: Lowering, k: Kernel, rq: Node, rank: int):
                               f"no QuantParams")
     zx = k.table("zx", q_in.zero_point)
     zx_axis = (q_in.axis or 0) % rank
-    zy = low.zero_point(rq.output, rq)
     rounding, lo, hi = a["rounding"], a["clamp_min"], a["clamp_max"]
     dtype = tvm_dtype(a["dtype"])
+    q_out = rq.output.quant
+    if q_out is not None and len(set(q_out.zero_point)) > 1:
+        # per-channel output zero points (per-channel activations): the int64 form
+        zy_at = _zero_point_at(k, rq.output, rq, rank, "zy")
+
+        def per_channel_epilogue(acc, idx):
+            x = i64(acc) - at(zx, idx[zx_axis]) if not (isinstance(zx, int) and zx == 0) else acc
+            y = arith.requantize(x, at(m, idx[axis]), at(s, idx[axis]), rounding)
+            return arith.clamp_cast(y + zy_at(idx), lo, hi, dtype)
+        return per_channel_epilogue
+    zy = low.zero_point(rq.output, rq)
 
     def epilogue(acc, idx):
-        x = acc - at(zx, idx[zx_axis]) if not (isinstance(zx, int) and zx == 0) else acc
-        y = arith.requantize(x, at(m, idx[axis]), at(s, idx[axis]), rounding) + i64(zy)
-        return arith.clamp_cast(y, lo, hi, dtype)
+        x = i64(acc) - at(zx, idx[zx_axis]) if not (isinstance(zx, int) and zx == 0) else acc
+        return arith.requantize_clamp(x, at(m, idx[axis]), at(s, idx[axis]), rounding, zy,
+                                      lo, hi, dtype)
     return epilogue
 
 
 def _mac_finish(acc, acc_bits: int, wide: bool):
-    """The accumulator as the op stores it: wrapped to acc_bits (two's complement), int64."""
-    acc = i64(acc)
+    """The accumulator as the op stores it, wrapped to acc_bits (two's complement), as an int32
+    expression: an int32 sum is already exact (the build-time bound), a wrapped one fits."""
     if acc_bits < 32 or wide:
-        return arith.wrap(acc, acc_bits)
-    return acc
+        return arith.i32(arith.wrap(i64(acc), acc_bits))
+    return arith.i32(acc)
 
 
 def _centred_weight(node: Node, w: Value, axis: int = 0) -> np.ndarray:
@@ -120,6 +130,118 @@ def _folded_constant(node: Node, x: Value, wc: np.ndarray, bias: Optional[Value]
     return const, ("int32" if _fits32(bound) else "int64")
 
 
+def _mac_lanes(low: Lowering) -> int:
+    """int32 lanes of the packed conv kernel (0: build the plain one). The CPU scheduler says
+    so; unscheduled and non-x86 builds keep the plain kernels."""
+    return int(getattr(low.schedule, "mac_lanes", 0)) if low.schedule is not None else 0
+
+
+def _fits_i16(lo: int, hi: int) -> bool:
+    return -(1 << 15) <= lo and hi < (1 << 15)
+
+
+def _packable(low: Lowering, x: Value, wc: np.ndarray, zx: int, acc_dt: str) -> bool:
+    """Whether a MAC can run packed: inputs, centred weights and the padding value are int16
+    values (they are stored widened to int16, half the bytes of int32), and the sum is int32
+    (the build-time bound). The layout pairs reduction steps so that a pmaddwd
+    (16-bit pairs summed into int32 lanes) can replace the multiply-add; the same bound
+    covers every pair sum, |x0 w0 + x1 w1| <= max|x| (|w0| + |w1|) <= bound."""
+    if not _mac_lanes(low) or acc_dt != "int32":
+        return False
+    lo, hi = int_range(int_bits(x.dtype), is_signed(x.dtype))
+    return (_fits_i16(lo, hi) and _fits_i16(zx, zx)
+            and (not wc.size or _fits_i16(int(wc.min()), int(wc.max()))))
+
+
+def _pack_pairs(wc2: np.ndarray, lanes: int, block: int) -> np.ndarray:
+    """(O, K) centred weights -> (OB, ceil(K/2), lanes, 2) int16: output channels in blocks of
+    `lanes` (the vector lanes), reduction steps in pairs. OB is a multiple of `block`;
+    channels and reduction steps past the end are zero."""
+    o, kdim = wc2.shape
+    ob = -(-o // lanes)
+    ob = -(-ob // block) * block
+    kp = -(-kdim // 2)
+    full = np.zeros((ob * lanes, kp * 2), dtype=np.int16)
+    full[:o, :kdim] = wc2
+    return np.ascontiguousarray(full.reshape(ob, lanes, kp, 2).transpose(0, 2, 1, 3))
+
+
+def _tile_width(n: int, candidates=(6, 5, 4, 7, 3, 2)) -> int:
+    """The register tile along output columns: the candidate that pads `n` least."""
+    if n <= max(candidates):
+        return n
+    return min(candidates, key=lambda t: (-(-n // t) * t - n, candidates.index(t)))
+
+
+def _lower_qconv2d_packed(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
+                          const: np.ndarray, zx: int):
+    """qconv2d (groups = 1) with output channels in the vector lanes (NCHW[x]c-style).
+
+    pad:  x widened to int16, padded with zx, channel pairs adjacent: (N, C/2, Hp, Wx, 2)
+    acc:  (N, O/L, OH, OWx, L) int32, L output channels in the vector lanes; OWx rounds the
+          output width up to the register tile, and the extra columns are never read
+    out:  acc + the folded constant, then the requantize epilogue, in NCHW."""
+    x = node.inputs[0]
+    a = node.attrs
+    lanes = _mac_lanes(low)
+    n_, c, h, wd = low.shape(x)
+    o, _, kh, kw = wc.shape
+    out_shape = low.shape(node.output)
+    _, _, oh, ow = out_shape
+    sh, sw = a["stride"]
+    dh, dw = a["dilation"]
+    top, left, bottom, right = a["padding"]
+    obi = 2 if o > lanes else 1
+    jt = _tile_width(ow)
+    owx = -(-ow // jt) * jt
+    hp = h + top + bottom
+    wx = max(wd + left + right, (owx - 1) * sw + (kw - 1) * dw + 1)
+    cp = -(-c // 2)
+    wp = _pack_conv(wc, lanes, obi)
+    ob = wp.shape[0]
+
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    xt = k.value(x, "x")
+    wt = k.input(low.param(f"{node.inputs[1].name}.packed", wp), wp.shape, "int16", "w")
+    ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (o,), "int32", "c")
+    zx16 = tir.const(zx, "int16")
+    pad = te.compute(
+        (n_, cp, hp, wx, 2),
+        lambda b, p, i, j, t: tir.if_then_else(
+            tir.all(i >= top, i < top + h, j >= left, j < left + wd),
+            xt[b, tir.min(p * 2 + t, c - 1), i - top, j - left].astype("int16"), zx16),
+        name="pad")
+    rc = te.reduce_axis((0, cp), "rc")
+    rkh = te.reduce_axis((0, kh), "rkh")
+    rkw = te.reduce_axis((0, kw), "rkw")
+    rt = te.reduce_axis((0, 2), "rt")
+    acc = te.compute(
+        (n_, ob, oh, owx, lanes),
+        lambda b, q, i, j, l: te.sum(
+            pad[b, rc, i * sh + rkh * dh, j * sw + rkw * dw, rt].astype("int32")
+            * wt[q, rc, rkh, rkw, rt, l].astype("int32"), axis=[rc, rkh, rkw, rt]), name="acc")
+    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
+
+    def out_fn(b, oc, i, j):
+        v = _mac_finish(acc[b, oc // lanes, i, j, oc % lanes] + ct[oc], a["acc_bits"], False)
+        return finish(v, (b, oc, i, j)) if finish else v
+    out = te.compute(out_shape, out_fn, name="out")
+    return k.finish(out, "conv2d_packed", {"lanes": lanes, "obi": obi, "jt": jt})
+
+
+def _pack_conv(wc: np.ndarray, lanes: int, block: int) -> np.ndarray:
+    """(O, C, KH, KW) -> (OB, ceil(C/2), KH, KW, 2, L): for each pair of input channels at one
+    kernel tap, two vectors of L output channels (contiguous loads); a zero channel after an
+    odd C."""
+    o, c, kh, kw = wc.shape
+    cp = -(-c // 2)
+    even = np.zeros((o, 2 * cp, kh, kw), dtype=wc.dtype)
+    even[:, :c] = wc
+    wp = _pack_pairs(even.transpose(0, 2, 3, 1).reshape(o, kh * kw * 2 * cp), lanes, block)
+    return np.ascontiguousarray(
+        wp.reshape(wp.shape[0], kh, kw, cp, lanes, 2).transpose(0, 3, 1, 2, 5, 4))
+
+
 @tvm_op("qconv2d")
 def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     x, w, bias = node.inputs[0], node.inputs[1], node.input(2)
@@ -136,6 +258,8 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     wc = _centred_weight(node, w)
     # Padding taps hold zx, so they contribute zx (w - zw) to the sum and cancel in the constant.
     const, acc_dt = _folded_constant(node, x, wc, bias, zx)
+    if groups == 1 and _packable(low, x, wc, zx, acc_dt):
+        return _lower_qconv2d_packed(low, node, rq, wc, const, zx)
 
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
@@ -233,15 +357,40 @@ def lower_qmatmul(low: Lowering, node: Node, rq: Optional[Node]):
 
 # ---------------------------------------------------------------------------------- rescaling
 
+def _zero_point_at(k: Kernel, v: Value, node: Node, rank: int, what: str):
+    """fn(index) -> int64 zero point of `v`: a folded constant, or a per-channel table read
+    along the params' own axis (per-channel activations)."""
+    if v.quant is None:
+        raise TVMBackendError(f"node %{node.name} ({node.op}): value %{v.name} has no "
+                              f"QuantParams")
+    zp = k.table(what, v.quant.zero_point)
+    if isinstance(zp, int):
+        return lambda idx: i64(zp)
+    axis = (v.quant.axis or 0) % max(rank, 1)
+    return lambda idx: at(zp, idx[axis])
+
+
 @tvm_op("requantize")
 def lower_requantize(low: Lowering, node: Node, _rq=None):
+    """The standalone requantize: multipliers per channel along any axis, per-channel input and
+    output zero points (each along its own params' axis), any integer output dtype."""
     x = node.inputs[0]
+    a = node.attrs
     shape = low.shape(x)
+    rank = len(shape)
     k = low.kernel(node)
     xt = k.value(x)
-    fin = _requant_epilogue(low, k, node, len(shape))
-    out = te.compute(shape, lambda *idx: fin(i64(xt(*idx)), idx), name="out")
-    return k.finish(out)
+    axis = a["axis"] % rank
+    m, s = k.table("multiplier", a["multiplier"]), k.table("shift", a["shift"])
+    zx = _zero_point_at(k, x, node, rank, "zx")
+    zy = _zero_point_at(k, node.output, node, rank, "zy")
+    dtype = tvm_dtype(a["dtype"])
+
+    def fn(*idx):
+        y = arith.requantize(i64(xt(*idx)) - zx(idx), at(m, idx[axis]), at(s, idx[axis]),
+                             a["rounding"])
+        return arith.clamp_cast(y + zy(idx), a["clamp_min"], a["clamp_max"], dtype)
+    return k.finish(te.compute(shape, fn, name="out"))
 
 
 def _binary_inputs(low: Lowering, node: Node, k: Kernel):

@@ -1,7 +1,10 @@
 """Hand-written CPU schedules for the kernels ops.py builds.
 
 TVM's default CPU pipeline runs every kernel as plain scalar loops. The MAC kernels get:
-  conv2d / depthwise: per (image, block of output channels, output row), the accumulators of
+  packed conv2d (x86, groups 1, see ops._lower_qconv2d_packed): output channels are the
+      vector lanes; per output row and block of 2 lane groups, register tiles of up to 7
+      columns accumulate through the whole reduction; the epilogue runs per row.
+  other conv2d / depthwise: per (image, block of output channels, output row), the accumulators of
       that tile (channels x row) live in a small buffer; the reduction (input channel, kernel
       row, kernel column) runs outside, and the row is the vectorised inner loop, so each
       input row segment is loaded once for a block of output channels; the tiles run in
@@ -25,12 +28,19 @@ PARALLEL_MIN = 4096
 
 
 def cpu_scheduler(target) -> Callable:
-    """fn(prim_func, kind, info) -> scheduled prim_func for an LLVM CPU target."""
+    """fn(prim_func, kind, info) -> scheduled prim_func for an LLVM CPU target.
+
+    The function carries `mac_lanes`: the int32 vector lanes of the packed convolution
+    kernels (8 with AVX2, 4 on other x86-64 targets), or 0 where ops.py should build the
+    plain ones (other CPUs: their packed schedule is untested)."""
     lanes = _int32_lanes(target)
+    mac = mac_lanes(target)
 
     def schedule(func: tir.PrimFunc, kind: str, info: dict) -> tir.PrimFunc:
         sch = s_tir.Schedule(func)
-        if kind in ("conv2d", "depthwise"):
+        if kind == "conv2d_packed":
+            _conv_packed(sch, lanes, info)
+        elif kind in ("conv2d", "depthwise"):
             _conv(sch, lanes, info)
         elif kind in ("dense", "matmul"):
             _dense(sch, lanes)
@@ -38,7 +48,18 @@ def cpu_scheduler(target) -> Callable:
             for block in _blocks(sch):
                 _elementwise(sch, block, lanes)
         return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    schedule.mac_lanes = mac
     return schedule
+
+
+def mac_lanes(target) -> int:
+    """int32 lanes of the packed conv kernels on this target: 8 with AVX2, 4 on other
+    x86-64 CPUs (SSE), 0 off x86."""
+    from tvm.target import codegen
+    triple = str(target.attrs.get("mtriple") or codegen.llvm_get_system_triple())
+    if not triple.startswith(("x86_64", "i686", "i386")):
+        return 0
+    return 8 if codegen.target_has_features("avx2", target) else 4
 
 
 def _int32_lanes(target) -> int:
@@ -147,3 +168,51 @@ def _dense(sch, lanes: int) -> None:
     sch.vectorize(a_oi)
     sch.vectorize(oi)
     sch.decompose_reduction(acc, rk)
+
+
+# ---------------------------------------------------------------------------------- packed conv
+
+def _conv_packed(sch, lanes: int, info: dict) -> None:
+    """acc (N, OB, OH, OWx, L) = sum over (C/2, KH, KW, 2): per (image, block of `obi` lane
+    groups, output row, tile of `jt` columns) the obi x jt accumulator vectors sit in a small
+    local buffer that LLVM keeps in registers while the reduction runs (fully unrolled tile;
+    each step is one weight vector load, one broadcast input and a vector multiply-add).
+    The requantize epilogue runs per output row, after the row's tiles, vectorised along
+    the row. Rows x channel blocks run in parallel."""
+    acc = sch.get_sblock("acc")
+    b, q, i, j, l, rc, rkh, rkw, rt = sch.get_loops(acc)
+    qo, qi = sch.split(q, [None, info["obi"]])
+    jo, ji = sch.split(j, [None, info["jt"]])
+    sch.reorder(b, qo, i, jo, rc, rkh, rkw, qi, ji, rt, l)
+    local = sch.cache_write(acc, 0, "local")
+    sch.reverse_compute_at(local, jo)
+    out = sch.get_sblock("out")
+    sch.reverse_compute_at(out, i)
+    row = sch.fuse(b, qo, i)
+    sch.parallel(row)
+    sch.vectorize(l)
+    sch.unroll(rt)
+    sch.unroll(ji)
+    sch.unroll(qi)
+    # last: vectorize refuses a reduction block once its init is split off
+    init = sch.decompose_reduction(acc, rc)
+    *_, iq, ij, il = sch.get_loops(init)
+    sch.vectorize(il)
+    sch.unroll(ij)
+    sch.unroll(iq)
+    cl = sch.get_loops(local)
+    sch.vectorize(cl[-1])
+    _epilogue_row(sch, out, lanes)
+    _elementwise(sch, sch.get_sblock("pad"), lanes)
+
+
+def _epilogue_row(sch, out, lanes: int) -> None:
+    """The out block under a row: its column loop is the vector."""
+    loops = sch.get_loops(out)
+    col = loops[-1]
+    n = _extent(sch, col)
+    vec = _divisor(n, (2 * lanes, lanes)) if n > 4 * lanes else n
+    if vec < n:
+        _, col = sch.split(col, [None, vec])
+    sch.vectorize(col)
+

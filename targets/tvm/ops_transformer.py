@@ -1,0 +1,425 @@
+"""TVM lowerings of the integer transformer ops (I-BERT style) and the small integer helpers a
+BERT encoder's integer graph keeps: qsoftmax (with an optional mask), qlayer_norm, qgelu,
+qreduce_sum, qdiv, qcast, gather, cast and `add` of i32 accumulators.
+
+Each lowering computes exactly the op's "int" kernel in qcompile/ir/ops/defs/
+integer_transformer.py (or integer.py / shape.py): the same int64 intermediates, the same
+roundings (intmath's requantization through arith.py, floor shifts, division rounded half away
+from zero), the same treatment of masked positions and fully masked rows, so the module's
+outputs equal the interpreter's bit for bit.
+
+Multi-step recipes (the row max and sum of softmax, the i-exp, the LayerNorm sums, every
+Newton step of the integer square root, the GELU polynomial) are separate te.compute stages:
+a stage reads the previous one from a buffer, so no expression tree repeats a subterm and
+TVM's simplifier stays fast. Row reductions are their own reduction stages, which the CPU
+scheduler runs in parallel over rows; the element-wise stages are vectorised.
+
+Compiled code cannot raise: where the interpreter raises (an index out of range, a value
+leaving int32), the module computes something else, and the tests compare the two only on
+inputs the interpreter accepts. Gather clamps its indices so that a bad index cannot read
+outside the table.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from tvm import te
+from tvm import tirx as tir
+
+from qcompile.ir.graph import Node, Value
+from qcompile.ir.ops.defs.integer_transformer import ISQRT_ITERATIONS
+from qcompile.ir.types import int_bits, int_range, is_signed
+
+from . import arith
+from .arith import I64, i64
+from .lower import Kernel, Lowering, TVMBackendError, tvm_dtype, tvm_op
+from .ops import _broadcast_index, _zero_point_at, lower_float_binary
+
+IndexFn = Callable[[tuple], object]
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+def _dtype_range(dtype: str) -> tuple[int, int]:
+    return int_range(int_bits(dtype), is_signed(dtype))
+
+
+def _quant(v: Value, node: Node, what: str):
+    if v.quant is None:
+        raise TVMBackendError(f"node %{node.name} ({node.op}): {what} %{v.name} has no "
+                              f"QuantParams")
+    return v.quant
+
+
+def centred_input(k: Kernel, v: Value, node: Node, what: str) -> tuple[te.Tensor, IndexFn]:
+    """(placeholder of v, fn(index of v) -> int64 q - zero point)."""
+    t = k.value(v, what)
+    zp = _zero_point_at(k, v, node, len(t.shape), f"{what}.zp")
+    return t, lambda idx: i64(t(*idx)) - zp(idx)
+
+
+def finish_output(k: Kernel, node: Node, clamp_min: int, clamp_max: int,
+                  dtype: str) -> Callable:
+    """fn(y int64, output index) -> stored code: + output zero point, clamp, cast (`_finish`)."""
+    zy = _zero_point_at(k, node.output, node, len(k.lowering.shape(node.output)), "zy")
+    dt = tvm_dtype(dtype)
+    return lambda y, idx: arith.clamp_cast(y + zy(idx), clamp_min, clamp_max, dt)
+
+
+def _norm_axes(node: Node, axes: Sequence[int], rank: int) -> tuple[int, ...]:
+    out = tuple(sorted({a % rank for a in axes})) if axes else tuple(range(rank))
+    if any(not -rank <= a < rank for a in axes):
+        raise TVMBackendError(f"node %{node.name} ({node.op}): axes {tuple(axes)} out of range "
+                              f"for rank {rank}")
+    return out
+
+
+def _row_reduce(shape: tuple, axes: tuple[int, ...], name: str):
+    """(reduce axes, fn(kept index) -> full index): the kept index has size 1 on `axes`."""
+    rv = {a: te.reduce_axis((0, shape[a]), f"r{name}{a}") for a in axes}
+
+    def full(idx):
+        return tuple(rv[a] if a in rv else idx[a] for a in range(len(shape)))
+    return [rv[a] for a in axes], full
+
+
+def _kept(shape: tuple, axes: tuple[int, ...]) -> tuple:
+    return tuple(1 if a in axes else d for a, d in enumerate(shape))
+
+
+def _row(idx, axes: tuple[int, ...]):
+    """The kept (size-1 on `axes`) index of an element's row."""
+    return tuple(0 if a in axes else i for a, i in enumerate(idx))
+
+
+def _div_round_away(num, den):
+    """num / den rounded half away from zero for a nonzero den of either sign:
+    sign(num) sign(den) ((2|num| + |den|) // (2|den|)), as integer_transformer.div_round_away.
+    `num` and `den` should be buffer loads: each appears up to three times."""
+    two = tir.const(2, I64)
+    ad = tir.abs(den)
+    q = tir.truncdiv(two * tir.abs(num) + ad, two * ad)
+    # the sign by nested Selects: LLVM's vectoriser miscompiles `!=` of two bool vectors
+    neg = -q
+    return tir.Select(num < 0, tir.Select(den < 0, q, neg), tir.Select(den < 0, neg, q))
+
+
+def _rescale(x, m0, shift, rounding: str):
+    """integer.py's `_rescale`: requantize, or a shift for rounding "shift_only"."""
+    return arith.requantize(x, m0, shift, rounding)
+
+
+# ---------------------------------------------------------------------------------- qsoftmax
+
+def _softmax_out_bits(node: Node) -> int:
+    q = _quant(node.output, node, "output")
+    k = -np.log2(q.scale[0]) if len(q.scale) == 1 and q.scale[0] > 0 else 0.5
+    if k != round(k) or not 1 <= k <= 16:
+        raise TVMBackendError(f"node %{node.name} (qsoftmax): the output scale must be one "
+                              f"2**-k with k in 1..16, got {q.scale}")
+    return int(round(k))
+
+
+@tvm_op("qsoftmax")
+def lower_qsoftmax(low: Lowering, node: Node, _rq=None):
+    """Stages: [any unmasked per row], row max, d, t (requantize), e (i-exp), row sum, out."""
+    x, mask = node.inputs[0], node.input(1)
+    a = node.attrs
+    shape = low.shape(x)
+    rank = len(shape)
+    ax = a["axis"] % rank
+    kbits = _softmax_out_bits(node)
+    frac = a["frac_bits"]
+    k = low.kernel(node)
+    xt = k.value(x)
+    row_shape = _kept(shape, (ax,))
+    q = lambda idx: xt(*idx).astype("int32")  # noqa: E731  (<= 16-bit codes)
+
+    if mask is not None:
+        mt = k.value(mask, "mask")
+        mi = _broadcast_index(low.shape(mask), rank)
+        m = lambda idx: mt(*mi(idx)).astype("bool")  # noqa: E731
+        rs, full = _row_reduce(shape, (ax,), "a")
+        anym = te.compute(row_shape, lambda *r: te.max(
+            tir.Select(m(full(r)), tir.const(1, "int32"), tir.const(0, "int32")), axis=rs),
+            name="any")
+        # A fully masked row is uniform: every position counts, with d = 0 (q read as 0).
+        live = lambda idx: tir.Or(m(idx), anym(*_row(idx, (ax,))) == 0)  # noqa: E731
+        rs, full = _row_reduce(shape, (ax,), "m")
+        mx = te.compute(row_shape, lambda *r: te.max(
+            tir.Select(m(full(r)), q(full(r)), tir.const(-(1 << 31), "int32")), axis=rs),
+            name="max")
+        d = te.compute(shape, lambda *idx: tir.Select(
+            tir.all(m(idx), anym(*_row(idx, (ax,))) > 0),
+            i64(q(idx) - mx(*_row(idx, (ax,)))), tir.const(0, I64)), name="d")
+    else:
+        live = None
+        rs, full = _row_reduce(shape, (ax,), "m")
+        mx = te.compute(row_shape, lambda *r: te.max(q(full(r)), axis=rs), name="max")
+        d = te.compute(shape, lambda *idx: i64(q(idx) - mx(*_row(idx, (ax,)))), name="d")
+
+    t = te.compute(shape, lambda *idx: _rescale(
+        d(*idx), a["in_multiplier"], a["in_shift"], a["rounding"]), name="t")
+
+    def i_exp(*idx):
+        u = -t(*idx)
+        p = tir.min(u >> tir.const(frac, I64), tir.const(31, I64))
+        r = -(u & tir.const((1 << frac) - 1, I64))
+        rb = r + tir.const(a["exp_b"], I64)
+        e = (rb * rb + tir.const(a["exp_c"], I64)) >> p
+        return e if live is None else tir.Select(live(idx), e, tir.const(0, I64))
+    # r (and so u) appears twice in rb * rb; u is one load of t, so the tree stays small
+    e = te.compute(shape, i_exp, name="e")
+    rs, full = _row_reduce(shape, (ax,), "s")
+    total = te.compute(row_shape, lambda *r: te.sum(e(*full(r)), axis=rs), name="sum")
+    lo, hi = _dtype_range(a["dtype"])
+    fin = finish_output(k, node, lo, hi, a["dtype"])
+
+    def out_fn(*idx):
+        s = total(*_row(idx, (ax,)))  # > 0: the row's maximum has e = exp_b**2 + exp_c
+        y = tir.floordiv(e(*idx) * tir.const(1 << (kbits + 1), I64) + s, s * tir.const(2, I64))
+        return fin(y, idx)
+    return k.finish(te.compute(shape, out_fn, name="out"))
+
+
+# ---------------------------------------------------------------------------------- qlayer_norm
+
+def _centred_constant(node: Node, v: Value, what: str, norm_shape: tuple) -> np.ndarray:
+    """A constant gamma/beta minus its zero point(s), broadcast to the normalised shape."""
+    if not v.is_constant or v.data is None:
+        raise TVMBackendError(f"node %{node.name} (qlayer_norm): {what} %{v.name} must be a "
+                              f"constant with data")
+    q = _quant(v, node, what)
+    data = np.asarray(v.data).astype(np.int64)
+    c = data - q.zero_point_array(data.ndim)
+    return np.ascontiguousarray(np.broadcast_to(c, norm_shape))
+
+
+def _isqrt_stages(n: te.Tensor, shape: tuple) -> te.Tensor:
+    """floor(sqrt(n)) of an int64 tensor with values in [0, 2**62): integer_transformer.isqrt,
+    one stage per step (each Newton step reads x three times)."""
+    rb = te.reduce_axis((0, 63), "rbit")
+    one = tir.const(1, I64)
+    bits = te.compute(shape, lambda *i: te.sum(
+        tir.Select((n(*i) >> rb.var.astype(I64)) > tir.const(0, I64), one, tir.const(0, I64)),
+        axis=rb), name="bits")
+    x = te.compute(shape, lambda *i: one << ((bits(*i) + one) >> one), name="isqrt0")
+    def newton(x: te.Tensor) -> Callable:
+        return lambda *i: tir.min(x(*i), (x(*i) + tir.floordiv(n(*i), tir.max(x(*i), one))) >> one)
+    for step in range(ISQRT_ITERATIONS):
+        x = te.compute(shape, newton(x), name=f"isqrt{step + 1}")
+    return te.compute(shape, lambda *i: x(*i) - tir.Select(
+        x(*i) * x(*i) > n(*i), one, tir.const(0, I64)), name="isqrt")
+
+
+@tvm_op("qlayer_norm")
+def lower_qlayer_norm(low: Lowering, node: Node, _rq=None):
+    """Stages: sum d, c = N d - sum, sum c**2, n = N (v + eps), isqrt (9 stages), divisor, z,
+    out."""
+    x, gamma, beta = node.inputs
+    a = node.attrs
+    shape = low.shape(x)
+    rank = len(shape)
+    ax = a["axis"] % rank
+    axes = tuple(range(ax, rank))
+    norm_shape = shape[ax:]
+    n = int(np.prod(norm_shape, dtype=np.int64))
+    g = _centred_constant(node, gamma, "gamma", norm_shape)
+    b = _centred_constant(node, beta, "beta", norm_shape)
+    k = low.kernel(node)
+    xt, dfn = centred_input(k, x, node, "x")
+    gt = k.input(low.param(f"{node.name}.gamma_c", g), g.shape, I64, "gamma")
+    bt = k.input(low.param(f"{node.name}.beta_c", b), b.shape, I64, "beta")
+    row_shape = _kept(shape, axes)
+    row = lambda idx: _row(idx, axes)  # noqa: E731
+
+    rs, full = _row_reduce(shape, axes, "d")
+    total = te.compute(row_shape, lambda *r: te.sum(dfn(full(r)), axis=rs), name="sum")
+    c = te.compute(shape, lambda *i: tir.const(n, I64) * dfn(i) - total(*row(i)), name="c")
+    rs, full = _row_reduce(shape, axes, "v")
+    var = te.compute(row_shape, lambda *r: te.sum(c(*full(r)) * c(*full(r)), axis=rs),
+                     name="var")
+    nv = te.compute(row_shape, lambda *r: tir.const(n, I64) * (
+        var(*r) + tir.const(a["eps_int"], I64)), name="n")
+    root = _isqrt_stages(nv, row_shape)
+    scale = tir.const(n << a["frac_bits"], I64)
+    # Both Select branches run (vector code), so the divisor is a stage of its own: inside
+    # Select(r > 0, ...) the simplifier would rewrite max(r, 1) to r, and r = 0 would trap.
+    divisor = te.compute(row_shape, lambda *r: tir.max(root(*r), tir.const(1, I64)), name="den")
+    z = te.compute(shape, lambda *i: tir.Select(
+        root(*row(i)) > tir.const(0, I64),
+        arith.div_round_away(c(*i) * scale, divisor(*row(i))), tir.const(0, I64)), name="z")
+    fin = finish_output(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+
+    def out_fn(*i):
+        acc = z(*i) * gt(*i[ax:]) + bt(*i[ax:])
+        return fin(_rescale(acc, a["multiplier"], a["shift"], a["rounding"]), i)
+    return k.finish(te.compute(shape, out_fn, name="out"))
+
+
+# ---------------------------------------------------------------------------------- qgelu
+
+@tvm_op("qgelu")
+def lower_qgelu(low: Lowering, node: Node, _rq=None):
+    """Stages: t (onto the internal grid), the i-GELU product, out (requantize)."""
+    x = node.inputs[0]
+    a = node.attrs
+    shape = low.shape(x)
+    k = low.kernel(node)
+    _, dfn = centred_input(k, x, node, "x")
+    sh = a["in_shift"]
+    t = te.compute(shape, lambda *i: dfn(i) * tir.const(1 << sh, I64) if sh >= 0
+                   else arith.rdbpot(dfn(i), -sh), name="t")
+    erf_b, erf_c = tir.const(a["erf_b"], I64), tir.const(a["erf_c"], I64)
+    zero = tir.const(0, I64)
+
+    def product(*i):
+        tv = t(*i)
+        am = tir.min(tir.abs(tv), erf_b) - erf_b
+        sign = tir.Select(tv > zero, tir.const(1, I64),
+                          tir.Select(tv < zero, tir.const(-1, I64), zero))
+        return tv * (erf_c + sign * (erf_c - am * am))
+    prod = te.compute(shape, product, name="gelu")
+    fin = finish_output(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+    out = te.compute(shape, lambda *i: fin(
+        _rescale(prod(*i), a["multiplier"], a["shift"], a["rounding"]), i), name="out")
+    return k.finish(out)
+
+
+# ---------------------------------------------------------------------------------- pooling heads
+
+@tvm_op("qreduce_sum")
+def lower_qreduce_sum(low: Lowering, node: Node, _rq=None):
+    x = node.inputs[0]
+    a = node.attrs
+    shape = low.shape(x)
+    rank = len(shape)
+    axes = _norm_axes(node, a["axes"], rank)
+    out_shape = low.shape(node.output)
+    k = low.kernel(node)
+    _, dfn = centred_input(k, x, node, "x")
+    rs, full = _row_reduce(shape, axes, "s")
+
+    def expand(idx):  # output index -> kept index (size 1 on the summed axes)
+        if a["keepdims"]:
+            return tuple(idx)
+        it = iter(idx)
+        return tuple(0 if i in axes else next(it) for i in range(rank))
+    acc = te.compute(_kept(shape, axes), lambda *r: te.sum(dfn(full(r)), axis=rs), name="acc")
+    fin = finish_output(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+    out = te.compute(out_shape, lambda *i: fin(_rescale(
+        acc(*expand(i)), a["multiplier"], a["shift"], a["rounding"]), i), name="out")
+    return k.finish(out)
+
+
+@tvm_op("qdiv")
+def lower_qdiv(low: Lowering, node: Node, _rq=None):
+    """Stages: numerator, denominator (each broadcast to the output), a nonzero divisor, the
+    rounded quotient, out."""
+    a_v, b_v = node.inputs
+    a = node.attrs
+    out_shape = low.shape(node.output)
+    rank = len(out_shape)
+    k = low.kernel(node)
+    _, an = centred_input(k, a_v, node, "a")
+    _, bn = centred_input(k, b_v, node, "b")
+    ai = _broadcast_index(low.shape(a_v), rank)
+    bi = _broadcast_index(low.shape(b_v), rank)
+    zero = tir.const(0, I64)
+    num = te.compute(out_shape, lambda *i: an(ai(i)) * tir.const(a["multiplier"], I64),
+                     name="num")
+    den = te.compute(out_shape, lambda *i: bn(bi(i)) << tir.const(31 - a["shift"], I64),
+                     name="den")
+    # Both Select branches run, so the quotient is taken in a stage of its own with a divisor
+    # that is never 0 (inside Select(den != 0, ...) the simplifier would drop such a guard).
+    safe = te.compute(out_shape, lambda *i: tir.Select(den(*i) != zero, den(*i),
+                                                       tir.const(1, I64)), name="divisor")
+    quot = te.compute(out_shape, lambda *i: _div_round_away(num(*i), safe(*i)), name="quot")
+    lo, hi = _dtype_range(a["dtype"])
+    fin = finish_output(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+
+    def out_fn(*i):
+        nv = num(*i)
+        # b - zb = 0: the largest step of the output range, signed as the numerator
+        saturated = tir.Select(nv > zero, tir.const(hi - lo, I64),
+                               tir.Select(nv < zero, tir.const(lo - hi, I64), zero))
+        return fin(tir.Select(den(*i) != zero, quot(*i), saturated), i)
+    return k.finish(te.compute(out_shape, out_fn, name="out"))
+
+
+@tvm_op("qcast")
+def lower_qcast(low: Lowering, node: Node, _rq=None):
+    """A plain integer or bool tensor onto the output grid (integer_transformer._qcast)."""
+    x = node.inputs[0]
+    a = node.attrs
+    k = low.kernel(node)
+    xt = k.value(x)
+    fin = finish_output(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+    out = te.compute(low.shape(x), lambda *i: fin(_rescale(
+        i64(xt(*i)), a["multiplier"], a["shift"], a["rounding"]), i), name="out")
+    return k.finish(out)
+
+
+# ---------------------------------------------------------------------------------- data movement
+
+@tvm_op("gather")
+def lower_gather(low: Lowering, node: Node, _rq=None):
+    """np.take(data, indices, axis); a negative index counts from the end. The interpreter
+    rejects indices outside [-n, n); the kernel clamps them so none reads outside `data`."""
+    data, indices = node.inputs
+    dshape, ishape = low.shape(data), low.shape(indices)
+    ax = node.attrs["axis"] % len(dshape)
+    n = dshape[ax]
+    k = low.kernel(node)
+    dt = k.value(data, "data")
+    it = k.value(indices, "indices")
+    ni = len(ishape)
+
+    def fn(*o):
+        j = i64(it(*o[ax:ax + ni]))
+        j = tir.Select(j < tir.const(0, I64), j + tir.const(n, I64), j)
+        j = tir.min(tir.max(j, tir.const(0, I64)), tir.const(n - 1, I64)).astype("int32")
+        return dt(*o[:ax], j, *o[ax + ni:])
+    return k.finish(te.compute(low.shape(node.output), fn, name="out"))
+
+
+@tvm_op("cast")
+def lower_cast(low: Lowering, node: Node, _rq=None):
+    """x.astype(dtype): to bool is x != 0; integers wrap and floats truncate as numpy's astype
+    does (an out-of-range float is undefined in both)."""
+    x = node.inputs[0]
+    dtype = node.attrs["dtype"]
+    if dtype == "f16" or x.dtype == "f16":
+        raise TVMBackendError(f"node %{node.name} (cast): f16 is not a TVM backend dtype")
+    k = low.kernel(node)
+    xt = k.value(x)
+    dt = tvm_dtype(dtype)
+    if dt == "bool":
+        fn = lambda *i: xt(*i) != tir.const(0, xt.dtype)  # noqa: E731
+    else:
+        fn = lambda *i: xt(*i).astype(dt)  # noqa: E731
+    return k.finish(te.compute(low.shape(x), fn, name="out"))
+
+
+# ---------------------------------------------------------------------------------- add
+
+@tvm_op("add")
+def lower_add(low: Lowering, node: Node, _rq=None):
+    """Float `add` (a float island) stays a Relax add; in an integer graph `add` sums i32
+    accumulators (integer._add_accumulators), which the interpreter keeps inside int32."""
+    if all(v.dtype.startswith("f") for v in list(node.inputs) + list(node.outputs)):
+        return lower_float_binary(low, node, _rq)
+    a_v, b_v = node.inputs
+    if a_v.dtype != "i32" or b_v.dtype != "i32":
+        raise TVMBackendError(f"node %{node.name} (add): integer add takes two i32 "
+                              f"accumulators, got {a_v.dtype} %{a_v.name} and {b_v.dtype} "
+                              f"%{b_v.name}; quantized tensors are added with qadd")
+    out_shape = low.shape(node.output)
+    rank = len(out_shape)
+    k = low.kernel(node)
+    at_, bt = k.value(a_v, "a"), k.value(b_v, "b")
+    ai, bi = _broadcast_index(low.shape(a_v), rank), _broadcast_index(low.shape(b_v), rank)
+    out = te.compute(out_shape, lambda *i: at_(*ai(i)) + bt(*bi(i)), name="out")
+    return k.finish(out)

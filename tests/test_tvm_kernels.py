@@ -1,0 +1,138 @@
+"""The TVM backend's scheduled CPU MAC kernels (packed convolutions, the vectorised requantize
+epilogue) against the interpreter: bit-exact on awkward shapes and extreme codes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tvm")
+
+import qcompile  # noqa: E402
+from qcompile.ir.types import QuantParams  # noqa: E402
+from qcompile.targets import tvm as qtvm  # noqa: E402
+from qcompile.targets.c.testing import IntGraphBuilder  # noqa: E402
+from qcompile.targets.tvm.schedules import mac_lanes  # noqa: E402
+from qcompile.targets.tvm.target import make_target  # noqa: E402
+
+HOST_PACKS = mac_lanes(make_target(None)) > 0
+
+
+def _input(b: IntGraphBuilder, shape, dtype: str, zp: int):
+    x = b.input(shape, dtype)
+    bits = 16 if dtype.endswith("16") else 8
+    x.quant = QuantParams((0.05,), (zp,), bits, dtype.startswith("i"))
+    return x
+
+
+def _codes(x, rng, extreme: bool = False) -> np.ndarray:
+    lo, hi = {"u8": (0, 255), "i8": (-128, 127), "i16": (-32768, 32767)}[x.dtype]
+    dt = {"u8": np.uint8, "i8": np.int8, "i16": np.int16}[x.dtype]
+    if extreme:  # only the two end codes: the largest products the kernels can see
+        return rng.choice([lo, hi], x.shape).astype(dt)
+    return rng.integers(lo, hi + 1, x.shape).astype(dt)
+
+
+def _extreme_weights(g, name_prefix: str = "w") -> None:
+    """Set some weights of every conv/linear to -128 and 127 (the ends of i8)."""
+    for v in g.constants.values():
+        if v.name.startswith(name_prefix) and v.dtype == "i8" and v.quant is not None \
+                and not any(v.quant.zero_point):
+            flat = v.data.reshape(-1)
+            flat[::3] = -128
+            flat[1::3] = 127
+
+
+def _check(g, xs, packed: bool | None = None):
+    module = qtvm.build(g, None, batch=xs.shape[0])
+    ref = qcompile.run(g, [xs], mode="int")
+    out = module(xs)
+    for r, o in zip(ref, out):
+        assert r.dtype == o.dtype and r.shape == o.shape
+        np.testing.assert_array_equal(r, o)
+    if packed is not None and HOST_PACKS:
+        assert any(name.endswith(".packed") for name in module.params) == packed
+    return ref
+
+
+CONVS = [
+    # (in shape, out channels, conv kwargs)
+    ((1, 3, 11, 13), 10, dict(k=3, padding=(1, 1, 1, 1))),
+    ((2, 5, 9, 9), 17, dict(k=3, stride=2, padding=(0, 1, 2, 0))),
+    ((1, 8, 10, 12), 8, dict(k=(3, 2), dilation=2, padding=(2, 1, 2, 1))),
+    ((1, 7, 16, 15), 24, dict(k=1, stride=2)),
+    ((1, 3, 23, 23), 16, dict(k=7, stride=2, padding=(3, 3, 3, 3))),
+    ((1, 16, 7, 7), 33, dict(k=3, padding=(1, 1, 1, 1), weight_zp=True)),
+    ((1, 2, 5, 30), 9, dict(k=(1, 5), stride=(1, 3), padding=(0, 2, 0, 2))),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CONVS)))
+@pytest.mark.parametrize("dtype", ["u8", "i8"])
+def test_packed_conv_is_bit_exact(case, dtype):
+    shape, o, kw = CONVS[case]
+    b = IntGraphBuilder("conv", seed=case)
+    x = b.input(shape, dtype)
+    g = b.output(b.requant(b.conv(x, o, **kw), dtype="u8" if case % 2 else "i8"))
+    _check(g, _codes(x, np.random.default_rng(case)), packed=True)
+
+
+@pytest.mark.parametrize("dtype,zp", [("u8", 0), ("u8", 255), ("i8", -128), ("i8", 127)])
+def test_extreme_zero_points_codes_and_weights(dtype, zp):
+    b = IntGraphBuilder("ext", seed=3, rounding="single_half_away")
+    x = _input(b, (1, 6, 8, 9), dtype, zp)
+    acc = b.conv(x, 12, k=3, stride=2, padding=(1, 1, 1, 1))
+    g = b.output(acc, b.requant(b.conv(x, 9, k=3, padding=(1, 0, 1, 0))))
+    _extreme_weights(g)
+    _check(g, _codes(x, np.random.default_rng(1), extreme=True), packed=True)
+
+
+@pytest.mark.parametrize("rounding", ["gemmlowp_double", "single_half_up", "single_half_away",
+                                      "shift_only"])
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_requantize_epilogue_every_rounding(rounding, per_channel):
+    b = IntGraphBuilder("rq", seed=5, rounding=rounding)
+    x = b.input((2, 5, 9, 7), "u8")
+    y = b.requant(b.conv(x, 11, k=3, padding=(1, 1, 1, 1)), per_channel=per_channel,
+                  relu=True)
+    g = b.output(y, b.requant(b.linear(b.op("flatten", [y], axis=1), 13), axis=1,
+                              per_channel=per_channel))
+    _check(g, _codes(x, np.random.default_rng(2)))
+
+
+def test_narrow_accumulator_wraps_in_the_packed_kernel():
+    b = IntGraphBuilder("wrap", seed=11, rounding="single_half_up")
+    x = b.input((1, 9, 6, 6), "u8")
+    g = b.output(b.conv(x, 10, k=3, acc_bits=13),
+                 b.requant(b.conv(x, 5, k=1, acc_bits=11, stride=2)))
+    ref = _check(g, _codes(x, np.random.default_rng(3), extreme=True), packed=True)
+    assert np.abs(ref[0]).max() < 2 ** 12  # it did wrap
+
+
+def test_int64_accumulator_keeps_the_plain_kernel():
+    b = IntGraphBuilder("wide", seed=12, rounding="gemmlowp_double")
+    x = b.input((1, 4, 5, 5), "u8")
+    acc = b.conv(x, 6, k=3)
+    g = b.output(acc)
+    # a bias near the int32 limit: the build-time bound no longer fits int32
+    bias = [v for v in g.constants.values() if v.dtype == "i32"][0]
+    bias.data[:] = np.array([2**31 - 5, -2**31 + 3, 2**31 - 1, 7, -2**31, 0])[:bias.data.size]
+    _check(g, _codes(x, np.random.default_rng(4)), packed=False)
+
+
+@pytest.mark.parametrize("groups", [2, 6])
+def test_grouped_and_depthwise_convs(groups):
+    b = IntGraphBuilder("grp", seed=groups, rounding="gemmlowp_double")
+    x = b.input((2, 6, 9, 8), "i8")
+    y = b.requant(b.conv(x, 6 if groups == 6 else 10, k=3, stride=2, groups=groups,
+                         padding=(1, 1, 1, 1), weight_zp=True))
+    g = b.output(y)
+    _check(g, _codes(x, np.random.default_rng(groups), extreme=True), packed=False)
+
+
+@pytest.mark.parametrize("dtype", ["i16", "u8"])
+def test_linear_takes_16_bit_inputs(dtype):
+    b = IntGraphBuilder("fc", seed=8, rounding="single_half_up")
+    x = _input(b, (3, 37), dtype, 0)
+    g = b.output(b.linear(x, 19), b.requant(b.linear(x, 21), axis=1, dtype="i16"))
+    _extreme_weights(g, "fc.w")
+    _check(g, _codes(x, np.random.default_rng(9), extreme=True))
