@@ -156,13 +156,7 @@ def test_static_batch_must_divide_the_batch():
 
 # ---- real models (slow: lowering them takes seconds) ---------------------------------------------
 
-def _real(name):
-    pytest.importorskip("torch")
-    from qcompile.targets.c.testing import lowered_model
-    try:
-        return lowered_model(name)
-    except (ImportError, FileNotFoundError, OSError) as exc:
-        pytest.skip(f"{name} is not available: {exc}")
+from test_c_backend import _real  # noqa: E402  (the real models, or a skip)
 
 
 @needs_gcc

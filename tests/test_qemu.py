@@ -19,13 +19,7 @@ pytestmark = [
 CPUS = ["cortex-m4", "cortex-m7"]
 
 
-def _real(name):
-    pytest.importorskip("torch")
-    from qcompile.targets.c.testing import lowered_model
-    try:
-        return lowered_model(name)
-    except (ImportError, FileNotFoundError, OSError) as exc:
-        pytest.skip(f"{name} is not available: {exc}")
+from test_c_backend import _real  # noqa: E402  (the real models, or a skip)
 
 
 def run_on_board(graph, inputs, cpu, dsp, tmp_path):
