@@ -77,6 +77,22 @@ def _report_formats(text: str) -> tuple:
     return tuple(dict.fromkeys(("json",) + formats))
 
 
+def _backend_option(text: str) -> tuple:
+    """KEY=VALUE; the value is an int, a float, true/false, or else the string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    value = value.strip()
+    for convert in (int, float):
+        try:
+            return key.strip(), convert(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return key.strip(), value.lower() == "true"
+    return key.strip(), value
+
+
 @subcommand("compile", help="compile a model for a hardware target into an output folder", args=[
     arg("model", help="a .onnx, .pt2 or .qir model"),
     arg("--target", "-t", metavar="NAME", help="a named target (`qcompile targets` lists them)"),
@@ -103,6 +119,9 @@ def _report_formats(text: str) -> tuple:
              "arm-none-eabi-gcc and qemu-system-arm)"),
     arg("--input-shape", metavar="NAME=D1,D2,...", type=_parse_shape, action="append",
         help="pin an input's shape (ONNX models with dynamic dimensions); repeatable"),
+    arg("--backend-option", metavar="KEY=VALUE", type=_backend_option, action="append",
+        help="set one of the target's backend_options (e.g. tune=64 for a TVM target); "
+             "repeatable"),
     arg("--force", action="store_true", help="replace an existing output folder"),
     arg("--quiet", "-q", action="store_true", help="no summary table"),
 ])
@@ -116,7 +135,8 @@ def _compile(args: argparse.Namespace) -> int:
         pipeline=args.pipeline, backend=args.backend, dump_ir=args.dump_ir,
         reports=args.report, depfile=args.depfile, force=args.force, debug=args.debug,
         evaluate=args.evaluate, input_shapes=dict(args.input_shape) if args.input_shape else None,
-        measure=args.measure)
+        measure=args.measure,
+        backend_options=dict(args.backend_option) if args.backend_option else None)
     console = _console()
     result = compile_model(opts, console=console)
     for d in result.diagnostics:

@@ -83,6 +83,7 @@ class CompileOptions:
     evaluate: Optional[str] = None               # .npz with x (and labels y)
     input_shapes: Optional[dict] = None
     measure: bool = False                        # MCU targets: QEMU flash/RAM/instruction counts
+    backend_options: Optional[dict] = None       # override/extend target.backend_options
 
 
 @dataclass
@@ -430,11 +431,30 @@ def parse_dump_ir(spec: str) -> tuple:
 
 # =========================================================================== the driver
 
+def _check_backend_options(target, backend: str, given: dict) -> None:
+    """A backend option the backend does not read (and the target does not define) is a
+    typo, not something to ignore silently."""
+    from .targets.backend import backend_option_names
+    known = set(backend_option_names(backend, target)) | set(target.backend_options)
+    unknown = sorted(k for k in given if k not in known)
+    if unknown:
+        raise TargetConstraintError(
+            f"target '{target.name}' (backend '{backend}') has no backend option "
+            f"{', '.join(repr(k) for k in unknown)}; it takes: "
+            f"{', '.join(sorted(known)) or 'none'}")
+
+
+
 def compile_model(opts: CompileOptions, console=None) -> CompileResult:
     from .api import load
     from .targets.backend import get_backend
 
     target = opts.target
+    if opts.backend_options:
+        import dataclasses
+        _check_backend_options(target, opts.backend or target.backend, opts.backend_options)
+        target = dataclasses.replace(
+            target, backend_options={**target.backend_options, **opts.backend_options})
     backend_name = opts.backend or target.backend
     emit = get_backend(backend_name, target)
     out = Path(opts.output)
@@ -488,6 +508,9 @@ def _build(opts, target, backend_name, emit, pipeline, dump, graph, original, ca
     if opts.debug:  # otherwise the pass manager's default (on in tests, QCOMPILE_VERIFY=1)
         ctx.verify = True
     ctx.instruments.append(snapshot)
+    # the final folder (the backend writes into `tmp`): a backend may reuse what a previous
+    # compile left there, e.g. the TVM backend's tuning records
+    ctx.options["output_dir"] = str(Path(opts.output))
     if dump is not None:
         ctx.instruments.append(DumpIRInstrument(tmp / "ir", before=dump[0], after=dump[1]))
     t0 = time.perf_counter()

@@ -44,12 +44,24 @@ _NEEDS = {
 }
 
 
-def register_backend(name: str):
-    """Register `emit(graph, target, out_dir, ctx) -> BackendResult` as backend `name`."""
+#: The backend_options keys each backend reads (what `--backend-option` may set).
+_OPTIONS: dict[str, tuple[str, ...]] = {}
+
+
+def register_backend(name: str, options: tuple[str, ...] = ()):
+    """Register `emit(graph, target, out_dir, ctx) -> BackendResult` as backend `name`;
+    `options` are the backend_options keys it reads."""
     def deco(fn: Emit) -> Emit:
         _BACKENDS[name] = fn
+        _OPTIONS[name] = tuple(options)
         return fn
     return deco
+
+
+def backend_option_names(name: str, target: Any = None) -> tuple[str, ...]:
+    """The backend_options keys backend `name` reads (importing it on first use)."""
+    get_backend(name, target)
+    return _OPTIONS.get(name, ())
 
 
 def get_backend(name: str, target: Any = None) -> Emit:

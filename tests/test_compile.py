@@ -432,6 +432,16 @@ def test_a_pipeline_the_target_cannot_run_exits_2(tiny, capsys, pipeline, messag
     assert not out.exists()
 
 
+def test_an_unknown_backend_option_exits_2_naming_it(tiny, capsys):
+    out = tiny["dir"] / "out"
+    args = [a for a in compile_args(tiny, out) if a not in ("--backend", "none")]
+    args[args.index("-t") + 1] = "cortex-m4"
+    assert cli.main(args + ["--backend-option", "tune=8"]) == 2
+    err = capsys.readouterr().err
+    assert "has no backend option 'tune'" in err and "dsp" in err
+    assert not out.exists()
+
+
 def test_a_model_over_the_memory_budget_exits_2(tiny, capsys):
     text = (ROOT / "targets" / "catalog" / "cortex-m4.toml").read_text()
     tfile = tiny["dir"] / "tiny_mcu.toml"

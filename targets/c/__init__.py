@@ -68,7 +68,7 @@ def emit_c(graph, out_dir, target: Any = None, dsp: Optional[bool] = None,
     return prog
 
 
-@register_backend("c")
+@register_backend("c", options=("cpu", "dsp"))
 def emit(graph, target, out_dir: Path, ctx) -> BackendResult:
     prog = emit_c(graph, out_dir, target)
     return BackendResult(list(FILES), {**program_metrics(prog),

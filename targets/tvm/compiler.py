@@ -10,7 +10,8 @@ What is written:
                 model.o, the kernels' object file, instead;
   model.params  the weights and constant tables (`tvm.runtime.save_param_dict`), passed to
                 `main` after the inputs, in the order model.json lists them;
-  model.json    inputs, outputs (names, shapes, dtypes), the parameter order, the TVM target.
+  model.json    inputs, outputs (names, shapes, dtypes), the parameter order, the TVM target;
+  tuning/       the tuning database (`tune.py`), when the module was tuned or built with one.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from qcompile.ir.graph import Graph
 
 from .lower import TVMBackendError, lower_graph, tvm_dtype
 from .target import TargetSpec, is_cross, is_gpu, make_target
+from .tune import TUNING_DIR, TVMTuningError
 
 FILES_HOST = ("model.so", "model.params", "model.json")
 FILES_CROSS = ("model.o", "model.params", "model.json")
@@ -42,6 +44,7 @@ class TVMModule:
     params: dict
     meta: dict
     target: object
+    tuning: Optional[object] = None   # the TuningDatabase the build tuned into or applied
     _vm: object = field(default=None, repr=False)
     _dev_params: list = field(default_factory=list, repr=False)
 
@@ -122,12 +125,25 @@ def _schedule_for(target, schedule: bool):
 
 
 def build(graph: Graph, target: TargetSpec = None, batch: int = 1,
-          schedule: bool = True) -> TVMModule:
+          schedule: bool = True, tune: int = 0, database=None) -> TVMModule:
     """Lower `graph` to Relax, schedule it, and compile it for `target` (default: this host's
     CPU). `batch` fixes the graph's dynamic batch dimension. `schedule=False` keeps TVM's
-    default (plain loop) kernels on the CPU, which is slow but shows what scheduling adds."""
+    default (plain loop) kernels on the CPU, which is slow but shows what scheduling adds.
+
+    `tune=N` tunes the MAC kernels with MetaSchedule (N candidates in total) and keeps, per
+    kernel, the faster of the tuned and the hand schedule; `database` is a folder: its records
+    are applied (and kernels it lacks are tuned when `tune` > 0, then written back there)."""
     tgt = make_target(target)
-    mod, params = lower_graph(graph, batch, _schedule_for(tgt, schedule))
+    if tune < 0:
+        raise TVMTuningError(f"tune={tune}: the number of tuning trials must be 0 or more")
+    if (tune or database is not None) and (is_gpu(tgt) or is_cross(tgt)):
+        raise TVMTuningError(f"tuning runs the kernels on this CPU; target "
+                             f"{json.dumps(_spec_of(tgt))} cannot be tuned here")
+    sched = _schedule_for(tgt, schedule)
+    db = None
+    if tune or database is not None:
+        sched, db = _tuned(graph, batch, tgt, sched, tune, database)
+    mod, params = lower_graph(graph, batch, sched)
     if is_gpu(tgt):
         mod = _gpu_schedule(mod, tgt)
     try:
@@ -137,7 +153,25 @@ def build(graph: Graph, target: TargetSpec = None, batch: int = 1,
         raise TVMBackendError(f"TVM could not compile graph @{graph.name} for target "
                               f"{json.dumps(dict(_spec_of(tgt)))}: {first}") from exc
     meta = _meta(graph, batch, params, tgt)
-    return TVMModule(ex, params, meta, tgt)
+    return TVMModule(ex, params, meta, tgt, tuning=db)
+
+
+def _tuned(graph: Graph, batch: int, tgt, hand, trials: int, database):
+    """The scheduler that applies tuning records, tuning first the kernels without one."""
+    from .tune import TuningDatabase, applying_scheduler, collect_kernels, tune
+    spec = _spec_of(tgt)
+    if isinstance(database, TuningDatabase):
+        db = database
+    else:
+        db = TuningDatabase.open(database, create=trials > 0) if database is not None \
+            else TuningDatabase.empty()
+    if trials:
+        kernels = collect_kernels(lambda s: lower_graph(graph, batch, s), hand, spec)
+        if any(k.key not in db.records for k in kernels):
+            tune(kernels, tgt, trials, db)
+            if db.folder is not None:
+                db.save()
+    return applying_scheduler(db, hand, tgt, spec), db
 
 
 def _gpu_schedule(mod, tgt):
@@ -191,6 +225,8 @@ def export(module: TVMModule, out_dir) -> list[str]:
     params = {n: tvm.runtime.tensor(module.params[n]) for n in module.meta["params"]}
     (out / "model.params").write_bytes(bytes(tvm.runtime.save_param_dict(params)))
     (out / "model.json").write_text(json.dumps(module.meta, indent=1, sort_keys=True) + "\n")
+    if module.tuning is not None:
+        files += [f"{TUNING_DIR}/{name}" for name in module.tuning.save(out / TUNING_DIR)]
     return files
 
 
