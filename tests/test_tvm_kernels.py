@@ -136,3 +136,75 @@ def test_linear_takes_16_bit_inputs(dtype):
     g = b.output(b.linear(x, 19), b.requant(b.linear(x, 21), axis=1, dtype="i16"))
     _extreme_weights(g, "fc.w")
     _check(g, _codes(x, np.random.default_rng(9), extreme=True))
+
+
+# ---- the pmaddwd GEMM (qlinear, qmatmul of two activations)
+
+LINEARS = [
+    # (input shape, output channels): rows not a multiple of the 5-row tile, odd K, O not a
+    # multiple of the lanes, 3-D inputs, a single row
+    ((3, 37), 19),
+    ((2, 7, 64), 40),
+    ((1, 1, 9), 3),
+    ((11, 130), 33),
+]
+
+
+@pytest.mark.parametrize("case", range(len(LINEARS)))
+@pytest.mark.parametrize("dtype,zp", [("u8", 255), ("i8", -128), ("i16", 0)])
+def test_packed_linear_is_bit_exact(case, dtype, zp):
+    shape, o = LINEARS[case]
+    b = IntGraphBuilder("fc", seed=20 + case, rounding="single_half_away")
+    x = _input(b, shape, dtype, zp)
+    g = b.output(b.linear(x, o), b.requant(b.linear(x, o + 5), axis=len(shape) - 1))
+    _extreme_weights(g, "fc.w")
+    _check(g, _codes(x, np.random.default_rng(case), extreme=True), packed=True)
+
+
+def test_packed_linear_wraps_a_narrow_accumulator():
+    b = IntGraphBuilder("fcw", seed=13, rounding="gemmlowp_double")
+    x = b.input((4, 50), "u8")
+    g = b.output(b.linear(x, 12, acc_bits=12))
+    ref = _check(g, _codes(x, np.random.default_rng(5), extreme=True), packed=True)
+    assert np.abs(ref[0]).max() < 2 ** 11
+
+
+def _matmul(b: IntGraphBuilder, a, c):
+    acc = b._node("qmatmul", [a, c], {"acc_bits": 32}, QuantParams((1.0,), (0,), 32, True),
+                  "mm", 3000.0)
+    return acc, b.requant(acc, per_channel=False)
+
+
+MATMULS = [
+    # (a shape, b shape, a dtype/zp, b dtype/zp)
+    ((1, 3, 13, 7), (1, 3, 7, 17), ("i8", -128), ("i8", 127)),   # attention scores, odd K
+    ((2, 2, 6, 12), (2, 2, 12, 8), ("u8", 255), ("i8", 0)),      # attention x V
+    ((2, 9, 5), (5, 11), ("u8", 0), ("u8", 255)),                # b shared by every group
+    ((4, 6), (6, 3), ("i8", 3), ("u8", 128)),                    # plain 2-D
+]
+
+
+@pytest.mark.parametrize("case", range(len(MATMULS)))
+def test_packed_matmul_is_bit_exact(case):
+    ash, bsh, (adt, azp), (bdt, bzp) = MATMULS[case]
+    b = IntGraphBuilder("mm", seed=30 + case, rounding="single_half_up")
+    a, c = _input(b, ash, adt, azp), _input(b, bsh, bdt, bzp)
+    c.name = "y"
+    g = b.output(*_matmul(b, a, c))
+    rng = np.random.default_rng(case)
+    module = qtvm.build(g, None, batch=ash[0])
+    xs = [_codes(a, rng, extreme=True), _codes(c, rng, extreme=True)]
+    for r, o in zip(qcompile.run(g, xs, mode="int"), module(*xs)):
+        np.testing.assert_array_equal(r, o)
+
+
+def test_wide_matmul_keeps_the_plain_kernel():
+    # i16 x i16 over 40 steps can leave int32: the int64 kernel, still exact
+    b = IntGraphBuilder("mmw", seed=40, rounding="single_half_up")
+    a, c = _input(b, (1, 3, 40), "i16", 0), _input(b, (1, 40, 5), "i16", 0)
+    c.name = "y"
+    g = b.output(_matmul(b, a, c)[0])
+    rng = np.random.default_rng(7)
+    xs = [_codes(a, rng, extreme=True), _codes(c, rng, extreme=True)]
+    module = qtvm.build(g, None, batch=1)
+    np.testing.assert_array_equal(qcompile.run(g, xs, mode="int")[0], module(*xs)[0])

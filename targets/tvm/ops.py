@@ -295,6 +295,142 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     return k.finish(out, kind, {"groups": groups, "oc": o, "has_pad": pad is not xt})
 
 
+# ---------------------------------------------------------------------------------- pmaddwd GEMMs
+
+def _gemm_tiles(rows: int, ob: int) -> tuple[int, int]:
+    """(rows per task, lane groups per register block) of the pmaddwd GEMM: 5 x 2 vectors
+    (10 accumulators, 2 weight vectors and a broadcast in the 16 ymm registers) measured
+    fastest; fewer rows when there are fewer."""
+    return min(rows, 5), (2 if ob >= 2 else 1)
+
+
+def _unravel(flat, dims: tuple) -> list:
+    """Row-major indices into `dims` of a flat index expression."""
+    out, stride = [], int(np.prod(dims, dtype=np.int64)) if dims else 1
+    for d in dims:
+        stride //= d
+        out.append(flat // stride % d if stride > 1 else flat % d)
+    return out
+
+
+def _ravel(idx, dims: tuple):
+    flat = tir.const(0, "int32")
+    for i, d in zip(idx, dims):
+        flat = flat * d + i
+    return flat
+
+
+def _pack_x_pairs(src, groups: int, rows: int, kdim: int, mx: int, name: str = "pack_x"):
+    """(groups, mx, ceil(kdim/2)) int32: src(g, m, k) (an int16 value) in pairs, k even in the
+    low half-word; rows past `rows` and the step past an odd kdim are 0."""
+    kp = -(-kdim // 2)
+    mask = tir.const(0xFFFF, "int32")
+
+    def fn(g, m, p):
+        lo = src(g, tir.min(m, rows - 1), p * 2).astype("int32") & mask
+        hi = tir.if_then_else(p * 2 + 1 < kdim,
+                              src(g, tir.min(m, rows - 1), tir.min(p * 2 + 1, kdim - 1))
+                              .astype("int32") << tir.const(16, "int32"),
+                              tir.const(0, "int32"))
+        return tir.if_then_else(m < rows, lo | hi, tir.const(0, "int32"))
+    return te.compute((groups, mx, kp), fn, name=name)
+
+
+def _pmadd_gemm(low: Lowering, xp, wp, ob: int, mt: int, obi: int):
+    """acc (groups, rows, ob*lanes) int32 of the pmaddwd kernel (schedules.pmadd_gemm) on the
+    packed x pairs `xp` (groups, rows, kp) and weights `wp` (1 or groups, ob, kp, 2*lanes)."""
+    from .schedules import pmadd_gemm
+    lanes = _mac_lanes(low)
+    # te.extern wants buffers that share the tensors' shape objects
+    ins = [tir.decl_buffer(t.shape, t.dtype, n) for t, n in ((xp, "xp"), (wp, "wp"))]
+    out = tir.decl_buffer((xp.shape[0], xp.shape[1], ob * lanes), "int32", "acc")
+    return te.extern([out.shape], [xp, wp],
+                     lambda i, o: pmadd_gemm(i[0], i[1], o[0], mt, obi, lanes),
+                     in_buffers=ins, out_buffers=[out], name="gemm")
+
+
+def _lower_qlinear_packed(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
+                          const: np.ndarray):
+    """qlinear on the pmaddwd GEMM: the weights repacked at build time to (O/L, K/2, L, 2)
+    int16, the rows of x packed in int16 pairs, and the requantize epilogue reading the
+    (rows, O) accumulator. The sum is x (w - zw) with the input zero point folded into
+    `const`, as in the plain kernel."""
+    x = node.inputs[0]
+    lanes = _mac_lanes(low)
+    xs = low.shape(x)
+    lead, kdim = tuple(xs[:-1]), xs[-1]
+    rows = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    o = wc.shape[0]
+    out_shape = low.shape(node.output)
+    ob = -(-o // lanes)
+    mt, obi = _gemm_tiles(rows, ob)
+    wp = _pack_pairs(wc, lanes, obi)
+    ob, kp = wp.shape[0], wp.shape[1]
+    mx = -(-rows // mt) * mt
+
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    xt = k.value(x, "x")
+    wpk = wp.reshape(1, ob, kp, 2 * lanes)
+    wt = k.input(low.param(f"{node.inputs[1].name}.packed", wpk), wpk.shape, "int16", "w")
+    ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (o,), "int32", "c")
+    xp = _pack_x_pairs(lambda g, m, kk: xt(*_unravel(m, lead), kk), 1, rows, kdim, mx)
+    acc = _pmadd_gemm(low, xp, wt, ob, mt, obi)
+    rank = len(out_shape)
+    finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
+
+    def out_fn(*idx):
+        v = _mac_finish(acc[0, _ravel(idx[:-1], lead), idx[-1]] + ct[idx[-1]],
+                        node.attrs["acc_bits"], False)
+        return finish(v, idx) if finish else v
+    out = te.compute(out_shape, out_fn, name="out")
+    return k.finish(out, "gemm_packed", {"lanes": lanes})
+
+
+def _lower_qmatmul_packed(low: Lowering, node: Node, rq: Optional[Node], za: int, zb: int):
+    """qmatmul of two activations on the pmaddwd GEMM: both operands centred to int16 while
+    they are packed (a in row pairs, b per group as (N/L, K/2, L, 2)), one task per `mt`
+    rows of one leading index (batch x head)."""
+    a_v, b_v = node.inputs
+    lanes = _mac_lanes(low)
+    ash, bsh = low.shape(a_v), low.shape(b_v)
+    out_shape = low.shape(node.output)
+    lead = tuple(out_shape[:-2])
+    rows, n, kdim = out_shape[-2], out_shape[-1], ash[-1]
+    groups = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    b_shared = all(d == 1 for d in bsh[:-2])
+    ob = -(-n // lanes)
+    mt, obi = _gemm_tiles(rows, ob)
+    ob = -(-ob // obi) * obi
+    kp = -(-kdim // 2)
+    mx = -(-rows // mt) * mt
+    a_lead = _broadcast_index(ash[:-2], len(lead))
+    b_lead = _broadcast_index(bsh[:-2], len(lead))
+
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    at_, bt = k.value(a_v, "a"), k.value(b_v, "b")
+    zat, zbt = tir.const(za, "int32"), tir.const(zb, "int32")
+    ap = _pack_x_pairs(lambda g, m, kk: at_(*a_lead(_unravel(g, lead)), m, kk).astype("int32")
+                       - zat, groups, rows, kdim, mx, "pack_a")
+
+    def b_fn(g, q, p, t):
+        col, kk = q * lanes + t // 2, p * 2 + t % 2
+        v = bt(*b_lead(_unravel(g, lead)), tir.min(kk, kdim - 1), tir.min(col, n - 1))
+        return tir.if_then_else(tir.all(col < n, kk < kdim),
+                                (v.astype("int32") - zbt).astype("int16"),
+                                tir.const(0, "int16"))
+    bp = te.compute((1 if b_shared else groups, ob, kp, 2 * lanes), b_fn, name="pack_b")
+    acc = _pmadd_gemm(low, ap, bp, ob, mt, obi)
+    rank = len(out_shape)
+    finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
+
+    def out_fn(*idx):
+        v = _mac_finish(acc[_ravel(idx[:-2], lead), idx[-2], idx[-1]], node.attrs["acc_bits"],
+                        False)
+        return finish(v, idx) if finish else v
+    out = te.compute(out_shape, out_fn, name="out")
+    return k.finish(out, "gemm_packed", {"lanes": lanes})
+
+
 @tvm_op("qlinear")
 def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
     x, w, bias = node.inputs[0], node.inputs[1], node.input(2)
@@ -304,6 +440,8 @@ def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
     zx = low.zero_point(x, node)
     wc = _centred_weight(node, w)
     const, acc_dt = _folded_constant(node, x, wc, bias, zx)
+    if _packable(low, x, wc, zx, acc_dt):
+        return _lower_qlinear_packed(low, node, rq, wc, const)
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
     wdt = _narrowest(wc)
@@ -337,6 +475,9 @@ def lower_qmatmul(low: Lowering, node: Node, rq: Optional[Node]):
     rb = max(abs(v - zb) for v in int_range(int_bits(b_v.dtype), is_signed(b_v.dtype)))
     wide = not _fits32(kdim * ra * rb)
     acc_dt = "int64" if wide else "int32"
+    # packed: both centred operands are int16 values, and the int32 bound covers every pair sum
+    if _mac_lanes(low) and not wide and max(ra, rb) < (1 << 15):
+        return _lower_qmatmul_packed(low, node, rq, za, zb)
     k = low.kernel(node, "+requantize" if rq is not None else "")
     at_, bt = k.value(a_v, "a"), k.value(b_v, "b")
     rank = len(out_shape)

@@ -9,8 +9,10 @@ TVM's default CPU pipeline runs every kernel as plain scalar loops. The MAC kern
       row, kernel column) runs outside, and the row is the vectorised inner loop, so each
       input row segment is loaded once for a block of output channels; the tiles run in
       parallel. The padded input is materialised first, so the inner loop has no bounds tests.
-  dense / matmul: the weights are stored (in, out), so a block of output channels is the
-      vectorised inner loop under the reduction; rows and channel blocks run in parallel.
+  packed dense / matmul (x86, int32 accumulator, int16 operands): a hand-written vpmaddwd
+      GEMM (pmadd_gemm below) between element-wise packing and epilogue stages.
+  other dense / matmul: the weights are stored (in, out), so a block of output channels is
+      the vectorised inner loop under the reduction; rows and channel blocks run in parallel.
   everything else: the loop nest is flattened, split into vector-width chunks, vectorised
       and (when large enough to pay for the threads) run in parallel.
 Schedules never change what is computed (TVM checks every step), so the kernels stay
@@ -42,6 +44,12 @@ def cpu_scheduler(target) -> Callable:
             _conv_packed(sch, lanes, info)
         elif kind in ("conv2d", "depthwise"):
             _conv(sch, lanes, info)
+        elif kind == "gemm_packed":
+            # the GEMM itself is hand-written (pmadd_gemm); its packing and epilogue stages
+            # are element-wise
+            for block in _blocks(sch):
+                if sch.get(block).name_hint != "gemm":
+                    _elementwise(sch, block, lanes)
         elif kind in ("dense", "matmul"):
             _dense(sch, lanes)
         else:
@@ -216,3 +224,69 @@ def _epilogue_row(sch, out, lanes: int) -> None:
         _, col = sch.split(col, [None, vec])
     sch.vectorize(col)
 
+
+
+# ---------------------------------------------------------------------------------- pmaddwd GEMM
+
+def _pmadd_intrinsic(lanes: int) -> tuple[str, str, str]:
+    """(LLVM intrinsic, int32 vector type, int16 vector type) of `vpmaddwd` at `lanes` int32
+    lanes: each lane gets a0*b0 + a1*b1 of two adjacent int16 pairs."""
+    if lanes == 8:
+        return "llvm.x86.avx2.pmadd.wd", "int32x8", "int16x16"
+    if lanes == 4:
+        return "llvm.x86.sse2.pmadd.wd", "int32x4", "int16x8"
+    raise ValueError(f"no pmaddwd for {lanes} int32 lanes")
+
+
+def pmadd_gemm(xp, w, acc, mt: int, obi: int, lanes: int):
+    """The body of a hand-written TIR kernel: acc[g, m, o] = sum_k x[g, m, k] w[g, o, k], with
+    vpmaddwd, over the buffers
+
+    xp   (groups, rows, kp) int32: two int16 values of x per word (x[2k] low, x[2k+1] high);
+    w    (w_groups, ob, kp, 2*lanes) int16: for each pair step, `lanes` output channels with
+         their two weights adjacent (ops._pack_pairs); w_groups is 1 (shared weights) or groups;
+    acc  (groups, rows, ob*lanes) int32.
+    A task is `mt` rows of one group; for each block of `obi` lane groups its mt*obi
+    accumulator vectors live in registers through the whole reduction. Each step broadcasts
+    an x pair to all lanes, loads obi weight vectors, and does mt*obi vpmaddwd + vpaddd.
+    The exactness condition (every pair sum fits int32) is the caller's: the build-time
+    accumulator bound covers it.
+
+    It is written out rather than scheduled: `sch.tensorize` crashes in TVM 0.27 and LLVM
+    does not form vpmaddwd from a pair loop. The accumulators are a "global"-scope buffer
+    declared inside the task: TVM turns a "local" one inside a parallel loop into a heap
+    workspace that LLVM cannot keep in registers, this one into a stack slot it can."""
+    from tvm.script import tirx as T
+
+    intrin, v32, v16 = _pmadd_intrinsic(lanes)
+    groups, rows, kp = (int(d) for d in xp.shape)
+    w_groups, ob = int(w.shape[0]), int(w.shape[1])
+    assert rows % mt == 0 and ob % obi == 0
+    mb, qb = rows // mt, ob // obi
+    wsel = 1 if w_groups > 1 else 0
+    width = 2 * lanes
+
+    # the buffers come from the closure (te.extern's), so the parsed function has no params
+    @T.prim_func(check_well_formed=False)
+    def gemm():
+        for task in T.parallel(groups * mb):
+            g = task // mb
+            m0 = task % mb * mt
+            for qo in range(qb):
+                a = T.decl_buffer((mt * obi * lanes,), "int32", scope="global")
+                for i in T.unroll(mt * obi):
+                    a[T.ramp(i * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                for k in range(kp):
+                    for q in T.unroll(obi):
+                        for i in T.unroll(mt):
+                            a[T.ramp((i * obi + q) * lanes, 1, lanes)] = \
+                                a[T.ramp((i * obi + q) * lanes, 1, lanes)] + \
+                                T.call_llvm_pure_intrin(
+                                    v32, intrin,
+                                    T.reinterpret(v16, T.Broadcast(xp[g, m0 + i, k], lanes)),
+                                    w[g * wsel, qo * obi + q, k, T.ramp(0, 1, width)])
+                for i in T.unroll(mt):
+                    for q in T.unroll(obi):
+                        acc[g, m0 + i, T.ramp((qo * obi + q) * lanes, 1, lanes)] = \
+                            a[T.ramp((i * obi + q) * lanes, 1, lanes)]
+    return gemm.body
