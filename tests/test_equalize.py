@@ -283,11 +283,14 @@ def test_absorb_bias_on_trained_digits_cnn_is_a_no_op():
     assert qcompile.run_pipeline(g, "absorb-bias").records[-1].changed is False
 
 
-def test_absorb_bias_approximation_on_real_images():
+def test_absorb_bias_approximation_on_real_images(monkeypatch):
     """conv -> relu -> padded conv on real digit images, with bn_stats measured on those images
     and a bias making the first layer's output mostly positive. Away from the borders the
     result is unchanged except where a pre-activation fell below c (rare by construction); on
     the border the zero padding now stands for an input of c: the paper's approximation."""
+    # own weights, whatever ran before in this worker (over 12 seeds the interior mean is
+    # 7e-7 .. 3e-4 and the border mean 3e-2 .. 9e-2)
+    monkeypatch.setattr(sys.modules[__name__], "RNG", np.random.default_rng(3))
     X = zoo.digits_data()[0][:256]
     g = Graph()
     x = g.add_input("x", TensorType((256, 1, 8, 8)))
@@ -306,6 +309,6 @@ def test_absorb_bias_approximation_on_real_images():
     qcompile.run_pipeline(g, "absorb-bias")
     after = qcompile.run(g, [X])[0]
     diff = np.abs(after - before) / np.abs(before).max()
-    assert diff[:, :, 1:-1, 1:-1].mean() < 1e-4           # interior: all but rare samples exact
+    assert diff[:, :, 1:-1, 1:-1].mean() < 1e-3           # interior: all but rare samples exact
     assert np.median(diff[:, :, 1:-1, 1:-1]) < 1e-5
     assert 1e-3 < diff[:, :, 0, :].mean() < 0.2          # border rows: the padding effect
