@@ -11,6 +11,7 @@ import qcompile  # noqa: E402
 from qcompile.ir.types import QuantParams  # noqa: E402
 from qcompile.targets import tvm as qtvm  # noqa: E402
 from qcompile.targets.c.testing import IntGraphBuilder  # noqa: E402
+from qcompile.targets.tvm import ops as tvm_ops  # noqa: E402
 from qcompile.targets.tvm.schedules import mac_lanes  # noqa: E402
 from qcompile.targets.tvm.target import make_target  # noqa: E402
 
@@ -68,7 +69,9 @@ CONVS = [
 
 @pytest.mark.parametrize("case", range(len(CONVS)))
 @pytest.mark.parametrize("dtype", ["u8", "i8"])
-def test_packed_conv_is_bit_exact(case, dtype):
+@pytest.mark.parametrize("pmadd", [True, False], ids=["vpmaddwd", "vpmulld"])
+def test_packed_conv_is_bit_exact(case, dtype, pmadd, monkeypatch):
+    monkeypatch.setattr(tvm_ops, "PMADD_CONV", pmadd)
     shape, o, kw = CONVS[case]
     b = IntGraphBuilder("conv", seed=case)
     x = b.input(shape, dtype)
@@ -127,6 +130,67 @@ def test_grouped_and_depthwise_convs(groups):
                          padding=(1, 1, 1, 1), weight_zp=True))
     g = b.output(y)
     _check(g, _codes(x, np.random.default_rng(groups), extreme=True), packed=False)
+
+
+@pytest.mark.parametrize("shape,o,kw", [
+    ((1, 64, 5, 9), 20, dict(k=1)),                          # 1x1 over many channels
+    ((2, 65, 6, 14), 9, dict(k=1, stride=2, weight_zp=True)),  # odd C, one lane group
+    ((1, 12, 9, 29), 17, dict(k=3, padding=(1, 1, 1, 1))),   # a column tail after 6-wide tiles
+])
+def test_pmadd_conv_edges_with_extreme_codes(shape, o, kw):
+    b = IntGraphBuilder("pm", seed=o, rounding="single_half_away")
+    x = _input(b, shape, "i8", -128)
+    g = b.output(b.conv(x, o, **kw), b.requant(b.conv(x, o + 3, **kw), dtype="u8"))
+    _extreme_weights(g)
+    _check(g, _codes(x, np.random.default_rng(o), extreme=True), packed=True)
+
+
+def _lanes_used(module) -> bool:
+    return any(name.endswith(".lanes") for name in module.params)
+
+
+DEPTHWISE = [
+    # (in shape, conv kwargs): C a multiple of the lanes or not, strides, dilation, asymmetric
+    # padding, widths that leave a tail after the column tile, a width-1 output
+    ((1, 16, 14, 14), dict(k=3, padding=(1, 1, 1, 1))),
+    ((2, 20, 15, 31), dict(k=3, stride=2, padding=(1, 1, 1, 1))),
+    ((1, 8, 11, 26), dict(k=(3, 5), dilation=(2, 1), padding=(2, 0, 1, 3))),
+    ((1, 3, 7, 7), dict(k=5, padding=(2, 2, 2, 2))),
+    ((1, 9, 4, 3), dict(k=3)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(DEPTHWISE)))
+@pytest.mark.parametrize("dtype,zp", [("u8", 255), ("i8", -128), ("u8", 3), ("i16", 0)])
+def test_depthwise_channel_lanes_is_bit_exact(case, dtype, zp):
+    shape, kw = DEPTHWISE[case]
+    b = IntGraphBuilder("dw", seed=case, rounding="gemmlowp_double")
+    x = _input(b, shape, dtype, zp)
+    c = shape[1]
+    g = b.output(b.conv(x, c, groups=c, weight_zp=case % 2 == 1, **kw),
+                 b.requant(b.conv(x, c, groups=c, **kw), relu=True))
+    _extreme_weights(g)
+    module = qtvm.build(g, None, batch=shape[0])
+    xs = _codes(x, np.random.default_rng(case), extreme=zp != 3)
+    for r, o in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
+        np.testing.assert_array_equal(r, o)
+    if HOST_PACKS:
+        assert _lanes_used(module)
+
+
+def test_depthwise_fallbacks_stay_exact(monkeypatch):
+    b = IntGraphBuilder("dwf", seed=2, rounding="single_half_up")
+    x = b.input((1, 10, 9, 9), "u8")
+    g = b.output(b.requant(b.conv(x, 10, k=3, groups=10, padding=(1, 1, 1, 1))),
+                 b.conv(x, 20, k=3, groups=10))   # channel multiplier 2: the plain kernel
+    xs = _codes(x, np.random.default_rng(6))
+    ref = qcompile.run(g, [xs], mode="int")
+    for lanes in (True, False):
+        monkeypatch.setattr(tvm_ops, "DEPTHWISE_LANES", lanes)
+        module = qtvm.build(g, None, batch=1)
+        for r, o in zip(ref, module(xs)):
+            np.testing.assert_array_equal(r, o)
+        assert _lanes_used(module) == (lanes and HOST_PACKS)
 
 
 @pytest.mark.parametrize("dtype", ["i16", "u8"])

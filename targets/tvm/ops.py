@@ -242,6 +242,147 @@ def _pack_conv(wc: np.ndarray, lanes: int, block: int) -> np.ndarray:
         wp.reshape(wp.shape[0], kh, kw, cp, lanes, 2).transpose(0, 3, 1, 2, 5, 4))
 
 
+#: Packed convs run the vpmaddwd kernel (schedules.pmadd_conv); False selects the older
+#: vpmulld packed kernel (kept for comparison and as a fallback).
+PMADD_CONV = True
+#: Depthwise convs run the channel-lanes kernel (schedules.depthwise_lanes) on x86; False
+#: selects the plain row-vectorised kernel.
+DEPTHWISE_LANES = True
+
+
+def _pack_conv_pmadd(wc: np.ndarray, lanes: int, block: int) -> np.ndarray:
+    """(O, C, KH, KW) -> (OB, ceil(C/2), KH, KW, 2*L) int16: for each pair of input channels
+    at one kernel tap, L output channels with their two weights adjacent (one vpmaddwd
+    operand); a zero channel after an odd C, zero channels past O."""
+    o, c, kh, kw = wc.shape
+    cp = -(-c // 2)
+    even = np.zeros((o, 2 * cp, kh, kw), dtype=wc.dtype)
+    even[:, :c] = wc
+    pairs = even.reshape(o, cp, 2, kh, kw).transpose(0, 1, 3, 4, 2).reshape(o, -1)
+    wp = _pack_pairs(pairs, lanes, block)
+    return np.ascontiguousarray(wp.reshape(wp.shape[0], cp, kh, kw, 2 * lanes))
+
+
+def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
+                         const: np.ndarray, zx: int):
+    """qconv2d (groups = 1) on the vpmaddwd direct-conv kernel (schedules.pmadd_conv).
+
+    pad:  x padded with zx, two channels per int32 word: (N, C/2, Hp, Wx)
+    gemm: acc (N, O/L, OH, OWx, L) int32, L output channels in the vector lanes
+    out:  acc + the folded constant, then the requantize epilogue, in NCHW."""
+    from .schedules import pmadd_conv
+    x = node.inputs[0]
+    a = node.attrs
+    lanes = _mac_lanes(low)
+    n_, c, h, wd = low.shape(x)
+    o, _, kh, kw = wc.shape
+    out_shape = low.shape(node.output)
+    _, _, oh, ow = out_shape
+    sh, sw = a["stride"]
+    dh, dw = a["dilation"]
+    top, left, bottom, right = a["padding"]
+    # obi x jt accumulators + obi weight vectors + a broadcast in the 16 vector registers
+    obi = 2 if o > lanes else 1
+    jt = _tile_width(ow, (6, 5, 4, 3, 2) if obi == 2 else (12, 8, 6, 7, 5, 4, 3, 2))
+    owx = -(-ow // jt) * jt
+    hp = h + top + bottom
+    wx = max(wd + left + right, (owx - 1) * sw + (kw - 1) * dw + 1)
+    cp = -(-c // 2)
+    wp = _pack_conv_pmadd(wc, lanes, obi)
+    ob = wp.shape[0]
+
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    xt = k.value(x, "x")
+    wt = k.input(low.param(f"{node.inputs[1].name}.packed", wp), wp.shape, "int16", "w")
+    ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (o,), "int32", "c")
+    mask = tir.const(0xFFFF, "int32")
+    zpair = (zx & 0xFFFF) | ((zx & 0xFFFF) << 16)
+    zpair = tir.const(zpair - (1 << 32) if zpair >= 1 << 31 else zpair, "int32")
+
+    def pad_fn(b, p, i, j):
+        inside = tir.all(i >= top, i < top + h, j >= left, j < left + wd)
+        ii, jj = tir.min(tir.max(i - top, 0), h - 1), tir.min(tir.max(j - left, 0), wd - 1)
+        lo = xt[b, p * 2, ii, jj].astype("int32") & mask
+        # the odd channel past an odd C meets zero weights: any value will do
+        hi = xt[b, tir.min(p * 2 + 1, c - 1), ii, jj].astype("int32") << tir.const(16, "int32")
+        return tir.if_then_else(inside, lo | hi, zpair)
+    pad = te.compute((n_, cp, hp, wx), pad_fn, name="pad")
+    ins = [tir.decl_buffer(t.shape, t.dtype, nm) for t, nm in ((pad, "xp"), (wt, "wp"))]
+    buf = tir.decl_buffer((n_, ob, oh, owx, lanes), "int32", "acc")
+    acc = te.extern([buf.shape], [pad, wt],
+                    lambda i, o_: pmadd_conv(i[0], i[1], o_[0], obi, jt, lanes, (sh, sw),
+                                             (dh, dw)),
+                    in_buffers=ins, out_buffers=[buf], name="gemm")
+    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
+
+    def out_fn(b, oc, i, j):
+        v = _mac_finish(acc[b, oc // lanes, i, j, oc % lanes] + ct[oc], a["acc_bits"], False)
+        return finish(v, (b, oc, i, j)) if finish else v
+    out = te.compute(out_shape, out_fn, name="out")
+    return k.finish(out, "conv_extern", {"lanes": lanes})
+
+
+def _lower_depthwise_lanes(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
+                           const: np.ndarray, zx: int):
+    """Depthwise qconv2d (one output channel per input channel) with channels in the vector
+    lanes (schedules.depthwise_lanes); x86 with an int32 accumulator.
+
+    pad:  x padded with zx, as blocks of L channels: (N, C/L, Hp, Wx, L), int16 or int32
+    gemm: acc (N, C/L, OH, OWx, L) int32
+    out:  acc + the folded constant, then the requantize epilogue, in NCHW."""
+    from .schedules import depthwise_lanes
+    x = node.inputs[0]
+    a = node.attrs
+    lanes = _mac_lanes(low)
+    n_, c, h, wd = low.shape(x)
+    _, _, kh, kw = wc.shape
+    out_shape = low.shape(node.output)
+    _, _, oh, ow = out_shape
+    sh, sw = a["stride"]
+    dh, dw = a["dilation"]
+    top, left, bottom, right = a["padding"]
+    # jt accumulators + a weight and an input vector in the 16 vector registers
+    jt = _tile_width(ow, (12, 8, 6, 7, 10, 5, 4, 3, 2))
+    owx = -(-ow // jt) * jt
+    hp = h + top + bottom
+    wx = max(wd + left + right, (owx - 1) * sw + (kw - 1) * dw + 1)
+    cb = -(-c // lanes)
+    # int16 storage where every value fits (x codes, zx, centred weights): the kernel
+    # widens on load, so this only halves the bytes the pad stage writes and the kernel reads
+    lo, hi = int_range(int_bits(x.dtype), is_signed(x.dtype))
+    xdt = "int16" if _fits_i16(min(lo, zx), max(hi, zx)) else "int32"
+    wdt = "int16" if not wc.size or _fits_i16(int(wc.min()), int(wc.max())) else "int32"
+    wl = np.zeros((cb * lanes, kh, kw), dtype=wdt)
+    wl[:c] = wc[:, 0]
+    wl = np.ascontiguousarray(wl.reshape(cb, lanes, kh, kw).transpose(0, 2, 3, 1))
+
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    xt = k.value(x, "x")
+    wt = k.input(low.param(f"{node.inputs[1].name}.lanes", wl), wl.shape, wdt, "w")
+    ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (c,), "int32", "c")
+
+    def pad_fn(b, q, i, j, l):
+        ch = q * lanes + l
+        inside = tir.all(i >= top, i < top + h, j >= left, j < left + wd, ch < c)
+        v = xt[b, tir.min(ch, c - 1), tir.min(tir.max(i - top, 0), h - 1),
+               tir.min(tir.max(j - left, 0), wd - 1)].astype(xdt)
+        return tir.if_then_else(inside, v, tir.const(zx, xdt))
+    pad = te.compute((n_, cb, hp, wx, lanes), pad_fn, name="pad")
+    ins = [tir.decl_buffer(t.shape, t.dtype, nm) for t, nm in ((pad, "xp"), (wt, "wl"))]
+    buf = tir.decl_buffer((n_, cb, oh, owx, lanes), "int32", "acc")
+    acc = te.extern([buf.shape], [pad, wt],
+                    lambda i, o_: depthwise_lanes(i[0], i[1], o_[0], jt, lanes, (sh, sw),
+                                                  (dh, dw)),
+                    in_buffers=ins, out_buffers=[buf], name="gemm")
+    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
+
+    def out_fn(b, oc, i, j):
+        v = _mac_finish(acc[b, oc // lanes, i, j, oc % lanes] + ct[oc], a["acc_bits"], False)
+        return finish(v, (b, oc, i, j)) if finish else v
+    out = te.compute(out_shape, out_fn, name="out")
+    return k.finish(out, "conv_extern", {"lanes": lanes})
+
+
 @tvm_op("qconv2d")
 def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     x, w, bias = node.inputs[0], node.inputs[1], node.input(2)
@@ -259,7 +400,13 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     # Padding taps hold zx, so they contribute zx (w - zw) to the sum and cancel in the constant.
     const, acc_dt = _folded_constant(node, x, wc, bias, zx)
     if groups == 1 and _packable(low, x, wc, zx, acc_dt):
+        if PMADD_CONV:
+            return _lower_qconv2d_pmadd(low, node, rq, wc, const, zx)
         return _lower_qconv2d_packed(low, node, rq, wc, const, zx)
+
+    if DEPTHWISE_LANES and groups == c == o and cg == 1 and acc_dt == "int32" \
+            and _mac_lanes(low):
+        return _lower_depthwise_lanes(low, node, rq, wc, const, zx)
 
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")

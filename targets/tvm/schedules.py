@@ -1,7 +1,10 @@
 """Hand-written CPU schedules for the kernels ops.py builds.
 
 TVM's default CPU pipeline runs every kernel as plain scalar loops. The MAC kernels get:
-  packed conv2d (x86, groups 1, see ops._lower_qconv2d_packed): output channels are the
+  conv2d and depthwise on x86 (ops._lower_qconv2d_pmadd, ops._lower_depthwise_lanes):
+      hand-written kernels (pmadd_conv, depthwise_lanes below) between a pad stage that
+      changes the layout and an NCHW epilogue; _conv_extern schedules those two stages.
+  older packed conv2d (ops._lower_qconv2d_packed, ops.PMADD_CONV off): output channels are the
       vector lanes; per output row and block of 2 lane groups, register tiles of up to 7
       columns accumulate through the whole reduction; the epilogue runs per row.
   other conv2d / depthwise: per (image, block of output channels, output row), the accumulators of
@@ -44,6 +47,8 @@ def cpu_scheduler(target) -> Callable:
             _conv_packed(sch, lanes, info)
         elif kind in ("conv2d", "depthwise"):
             _conv(sch, lanes, info)
+        elif kind == "conv_extern":
+            _conv_extern(sch, lanes)
         elif kind == "gemm_packed":
             # the GEMM itself is hand-written (pmadd_gemm); its packing and epilogue stages
             # are element-wise
@@ -214,6 +219,26 @@ def _conv_packed(sch, lanes: int, info: dict) -> None:
     _elementwise(sch, sch.get_sblock("pad"), lanes)
 
 
+def _conv_extern(sch, lanes: int) -> None:
+    """The stages around a hand-written conv kernel (pmadd_conv, depthwise_lanes): the pad
+    (layout change) and the NCHW epilogue, each parallel over its outer loops and vectorised
+    along its innermost one (a row, or a block of lanes), so no vector straddles two rows."""
+    for name in ("pad", "out"):
+        block = sch.get_sblock(name)
+        *outer, last = sch.get_loops(block)
+        n = _extent(sch, last)
+        vec = _divisor(n, (2 * lanes, lanes, 8, 4)) if n > 2 * lanes else n
+        if vec < n:
+            o, last = sch.split(last, [None, vec])
+            outer.append(o)
+        if vec > 1:
+            sch.vectorize(last)
+        if outer:
+            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+            if _extent(sch, fused) > 1:
+                sch.parallel(fused)
+
+
 def _epilogue_row(sch, out, lanes: int) -> None:
     """The out block under a row: its column loop is the vector."""
     loops = sch.get_loops(out)
@@ -290,3 +315,104 @@ def pmadd_gemm(xp, w, acc, mt: int, obi: int, lanes: int):
                         acc[g, m0 + i, T.ramp((qo * obi + q) * lanes, 1, lanes)] = \
                             a[T.ramp((i * obi + q) * lanes, 1, lanes)]
     return gemm.body
+
+
+def pmadd_conv(xp, w, acc, obi: int, jt: int, lanes: int, stride: tuple, dilation: tuple):
+    """The body of a hand-written direct convolution with vpmaddwd (no im2col), over
+
+    xp   (N, C/2, Hp, Wx) int32: the padded input, two int16 channels per word (even channel
+         in the low half);
+    w    (OB, C/2, KH, KW, 2*lanes) int16: per channel pair and tap, `lanes` output channels
+         with their two weights adjacent (ops._pack_conv_pmadd);
+    acc  (N, OB, OH, OWx, lanes) int32; OWx is a multiple of `jt`.
+    A task is one output row of one block of `obi` lane groups; the row runs in tiles of
+    `jt` columns whose obi*jt accumulator vectors stay in registers through the reduction
+    over (C/2, KH, KW). Each step loads obi weight vectors, broadcasts jt input pairs and
+    does obi*jt vpmaddwd + vpaddd. Consecutive tasks share a channel block, so its weights
+    stay in cache. Exactness and register choices are as in pmadd_gemm."""
+    from tvm.script import tirx as T
+
+    intrin, v32, v16 = _pmadd_intrinsic(lanes)
+    n_, cp, _, _ = (int(d) for d in xp.shape)
+    ob, _, kh, kw, width = (int(d) for d in w.shape)
+    _, _, oh, owx, _ = (int(d) for d in acc.shape)
+    assert ob % obi == 0 and owx % jt == 0 and width == 2 * lanes
+    qb, jb = ob // obi, owx // jt
+    sh, sw = stride
+    dh, dw = dilation
+
+    @T.prim_func(check_well_formed=False)
+    def conv():
+        for task in T.parallel(n_ * qb * oh):
+            b = task // (qb * oh)
+            qo = task // oh % qb
+            i = task % oh
+            for jo in range(jb):
+                a = T.decl_buffer((obi * jt * lanes,), "int32", scope="global")
+                for t in T.unroll(obi * jt):
+                    a[T.ramp(t * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                for rc in range(cp):
+                    for rkh in range(kh):
+                        for rkw in range(kw):
+                            for q in T.unroll(obi):
+                                for jj in T.unroll(jt):
+                                    a[T.ramp((q * jt + jj) * lanes, 1, lanes)] = \
+                                        a[T.ramp((q * jt + jj) * lanes, 1, lanes)] + \
+                                        T.call_llvm_pure_intrin(
+                                            v32, intrin,
+                                            T.reinterpret(v16, T.Broadcast(
+                                                xp[b, rc, i * sh + rkh * dh,
+                                                   (jo * jt + jj) * sw + rkw * dw], lanes)),
+                                            w[qo * obi + q, rc, rkh, rkw, T.ramp(0, 1, width)])
+                for q in T.unroll(obi):
+                    for jj in T.unroll(jt):
+                        acc[b, qo * obi + q, i, jo * jt + jj, T.ramp(0, 1, lanes)] = \
+                            a[T.ramp((q * jt + jj) * lanes, 1, lanes)]
+    return conv.body
+
+
+def depthwise_lanes(xp, w, acc, jt: int, lanes: int, stride: tuple, dilation: tuple):
+    """The body of a hand-written depthwise convolution with channels in the vector lanes:
+
+    xp   (N, C/L, Hp, Wx, L) int16 or int32: the padded input, L channels per vector;
+    w    (C/L, KH, KW, L) int16 or int32: the centred weights (both are widened to int32
+         as they are loaded; int16 halves the traffic of the padded copy);
+    acc  (N, C/L, OH, OWx, L) int32; OWx is a multiple of `jt`.
+    A task is one output row of one channel block; the row runs in tiles of `jt` columns
+    whose accumulator vectors stay in registers while the (unrolled) taps run: each tap loads
+    one weight vector and does jt contiguous input loads and multiply-adds. The plain
+    kernel vectorises along the row instead and re-reads its accumulators every tap."""
+    from tvm.script import tirx as T
+
+    v32 = f"int32x{lanes}"
+    n_, cb, _, _, _ = (int(d) for d in xp.shape)
+    _, kh, kw, _ = (int(d) for d in w.shape)
+    _, _, oh, owx, _ = (int(d) for d in acc.shape)
+    assert owx % jt == 0
+    jb = owx // jt
+    sh, sw = stride
+    dh, dw = dilation
+
+    @T.prim_func(check_well_formed=False)
+    def dw_conv():
+        for task in T.parallel(n_ * cb * oh):
+            b = task // (cb * oh)
+            q = task // oh % cb
+            i = task % oh
+            for jo in range(jb):
+                a = T.decl_buffer((jt * lanes,), "int32", scope="global")
+                for jj in T.unroll(jt):
+                    a[T.ramp(jj * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                for rkh in T.unroll(kh):
+                    for rkw in T.unroll(kw):
+                        for jj in T.unroll(jt):
+                            a[T.ramp(jj * lanes, 1, lanes)] = \
+                                a[T.ramp(jj * lanes, 1, lanes)] + \
+                                T.Cast(v32, xp[b, q, i * sh + rkh * dh,
+                                               (jo * jt + jj) * sw + rkw * dw,
+                                               T.ramp(0, 1, lanes)]) \
+                                * T.Cast(v32, w[q, rkh, rkw, T.ramp(0, 1, lanes)])
+                for jj in T.unroll(jt):
+                    acc[b, q, i, jo * jt + jj, T.ramp(0, 1, lanes)] = \
+                        a[T.ramp(jj * lanes, 1, lanes)]
+    return dw_conv.body
