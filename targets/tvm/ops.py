@@ -173,6 +173,18 @@ def _tile_width(n: int, candidates=(6, 5, 4, 7, 3, 2)) -> int:
     return min(candidates, key=lambda t: (-(-n // t) * t - n, candidates.index(t)))
 
 
+def _blocked_conv_output(low: Lowering, k: Kernel, rq: Optional[Node], acc, ct, lanes: int,
+                         out_shape: tuple, acc_bits: int):
+    """The NCHW output of a conv whose accumulators are blocked as (N, O/L, OH, OWx, L):
+    accumulator + the folded constant, wrapped to acc_bits, then the fused requantize."""
+    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
+
+    def out_fn(b, oc, i, j):
+        v = _mac_finish(acc[b, oc // lanes, i, j, oc % lanes] + ct[oc], acc_bits, False)
+        return finish(v, (b, oc, i, j)) if finish else v
+    return te.compute(out_shape, out_fn, name="out")
+
+
 def _lower_qconv2d_packed(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
                           const: np.ndarray, zx: int):
     """qconv2d (groups = 1) with output channels in the vector lanes (NCHW[x]c-style).
@@ -220,12 +232,7 @@ def _lower_qconv2d_packed(low: Lowering, node: Node, rq: Optional[Node], wc: np.
         lambda b, q, i, j, l: te.sum(
             pad[b, rc, i * sh + rkh * dh, j * sw + rkw * dw, rt].astype("int32")
             * wt[q, rc, rkh, rkw, rt, l].astype("int32"), axis=[rc, rkh, rkw, rt]), name="acc")
-    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
-
-    def out_fn(b, oc, i, j):
-        v = _mac_finish(acc[b, oc // lanes, i, j, oc % lanes] + ct[oc], a["acc_bits"], False)
-        return finish(v, (b, oc, i, j)) if finish else v
-    out = te.compute(out_shape, out_fn, name="out")
+    out = _blocked_conv_output(low, k, rq, acc, ct, lanes, out_shape, a["acc_bits"])
     return k.finish(out, "conv2d_packed", {"lanes": lanes, "obi": obi, "jt": jt})
 
 
@@ -313,12 +320,7 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
                     lambda i, o_: pmadd_conv(i[0], i[1], o_[0], obi, jt, lanes, (sh, sw),
                                              (dh, dw)),
                     in_buffers=ins, out_buffers=[buf], name="gemm")
-    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
-
-    def out_fn(b, oc, i, j):
-        v = _mac_finish(acc[b, oc // lanes, i, j, oc % lanes] + ct[oc], a["acc_bits"], False)
-        return finish(v, (b, oc, i, j)) if finish else v
-    out = te.compute(out_shape, out_fn, name="out")
+    out = _blocked_conv_output(low, k, rq, acc, ct, lanes, out_shape, a["acc_bits"])
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
@@ -374,12 +376,7 @@ def _lower_depthwise_lanes(low: Lowering, node: Node, rq: Optional[Node], wc: np
                     lambda i, o_: depthwise_lanes(i[0], i[1], o_[0], jt, lanes, (sh, sw),
                                                   (dh, dw)),
                     in_buffers=ins, out_buffers=[buf], name="gemm")
-    finish = _requant_epilogue(low, k, rq, 4) if rq is not None else None
-
-    def out_fn(b, oc, i, j):
-        v = _mac_finish(acc[b, oc // lanes, i, j, oc % lanes] + ct[oc], a["acc_bits"], False)
-        return finish(v, (b, oc, i, j)) if finish else v
-    out = te.compute(out_shape, out_fn, name="out")
+    out = _blocked_conv_output(low, k, rq, acc, ct, lanes, out_shape, a["acc_bits"])
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
