@@ -97,7 +97,7 @@ def test_out_dir_keeps_sources_and_library(tmp_path):
     model = build_host(float_cnn(), tmp_path, cflags=("-O1",))
     names = {p.name for p in tmp_path.iterdir()}
     assert {"model.h", "model.c", "host_entry.c"} <= names
-    assert model.library.parent == tmp_path and model.library.exists()
+    assert model.shared_object.parent == tmp_path and model.shared_object.exists()
     assert model.cflags[0] == "-O1"
 
 

@@ -85,12 +85,12 @@ class HostModel:
     One model is not to be called from two threads at once (it has one static arena); calls
     are serialised by a lock."""
 
-    def __init__(self, graph: Graph, prog: CProgram, library: Path, source_dir: Path,
+    def __init__(self, graph: Graph, prog: CProgram, shared_object: Path, source_dir: Path,
                  cflags: Sequence[str]):
         self.graph, self.prog = graph, prog
-        self.library, self.source_dir, self.cflags = library, source_dir, tuple(cflags)
+        self.shared_object, self.source_dir, self.cflags = shared_object, source_dir, tuple(cflags)
         self.call_batch = tc.call_batch(prog)
-        self._lib = ctypes.CDLL(str(library))
+        self._lib = ctypes.CDLL(str(shared_object))
         self._run = self._lib.qc_host_run
         self._run.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p),
                               ctypes.c_int32]
@@ -162,7 +162,7 @@ class HostModel:
         with self._lock:
             rc = self._run(in_ptrs, out_ptrs, calls)
         if rc != 0:
-            raise tc.ToolchainError(f"{self.library.name}: model_run_io returned {rc}")
+            raise tc.ToolchainError(f"{self.shared_object.name}: model_run_io returned {rc}")
         return outs
 
     def dequantize_outputs(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -249,6 +249,9 @@ def _pack_conv(wc: np.ndarray, lanes: int, block: int) -> np.ndarray:
         wp.reshape(wp.shape[0], kh, kw, cp, lanes, 2).transpose(0, 3, 1, 2, 5, 4))
 
 
+#: qlinear / qmatmul run the packed vpmaddwd GEMM (schedules.pmadd_gemm) when the bounds allow;
+#: False selects the row-vectorised dense kernel (kept for comparison and as a fallback).
+PMADD_GEMM = True
 #: Packed convs run the vpmaddwd kernel (schedules.pmadd_conv); False selects the older
 #: vpmulld packed kernel (kept for comparison and as a fallback).
 PMADD_CONV = True
@@ -584,7 +587,7 @@ def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
     zx = low.zero_point(x, node)
     wc = _centred_weight(node, w)
     const, acc_dt = _folded_constant(node, x, wc, bias, zx)
-    if _packable(low, x, wc, zx, acc_dt):
+    if PMADD_GEMM and _packable(low, x, wc, zx, acc_dt):
         return _lower_qlinear_packed(low, node, rq, wc, const)
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
@@ -620,7 +623,7 @@ def lower_qmatmul(low: Lowering, node: Node, rq: Optional[Node]):
     wide = not _fits32(kdim * ra * rb)
     acc_dt = "int64" if wide else "int32"
     # packed: both centred operands are int16 values, and the int32 bound covers every pair sum
-    if _mac_lanes(low) and not wide and max(ra, rb) < (1 << 15):
+    if PMADD_GEMM and _mac_lanes(low) and not wide and max(ra, rb) < (1 << 15):
         return _lower_qmatmul_packed(low, node, rq, za, zb)
     k = low.kernel(node, "+requantize" if rq is not None else "")
     at_, bt = k.value(a_v, "a"), k.value(b_v, "b")

@@ -1,0 +1,86 @@
+"""One fused MAC + requantize kernel of the TVM backend, with the older kernel beside the new
+one in the same run: qlinear on MiniLM shapes (the vpmaddwd GEMM against the row-vectorised
+dense kernel), convolutions on ResNet-18/MobileNetV2 shapes (the vpmaddwd direct conv against
+the vpmulld packed conv) and depthwise convolutions (channel lanes against row vectors).
+
+    python benchmarks/tvm_kernels.py [--runs 40] [--threads 2]
+
+Each kernel is a one-node integer graph (u8 input, per-channel requantize to i8) built with
+`qcompile.targets.tvm.build` for this CPU at batch 1; both versions are checked bit-exact
+against the interpreter first. Times are the minimum of --runs calls, in milliseconds; the
+ratio is old / new (above 1: the new kernel is faster).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--runs", type=int, default=40)
+ap.add_argument("--threads", type=int, default=2)
+args = ap.parse_args()
+os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # before TVM starts its pool
+
+import qcompile  # noqa: E402
+from qcompile.targets import tvm as qtvm  # noqa: E402
+from qcompile.targets.c.testing import IntGraphBuilder  # noqa: E402
+from qcompile.targets.tvm import ops as tvm_ops  # noqa: E402
+
+LINEARS = [((128, 384), 384), ((128, 384), 1536), ((128, 1536), 384), ((8, 128, 384), 1536)]
+CONVS = [((1, 64, 56, 56), 64, 3, 1), ((1, 256, 14, 14), 256, 3, 1), ((1, 144, 28, 28), 32, 1, 1),
+         ((1, 576, 14, 14), 96, 1, 1), ((1, 16, 112, 112), 96, 1, 1)]
+DEPTHWISE = [((1, 144, 56, 56), 1), ((1, 384, 14, 14), 1), ((1, 96, 112, 112), 2)]
+
+
+def linear_graph(shape, o):
+    b = IntGraphBuilder("fc", seed=0)
+    x = b.input(shape, "u8")
+    return b.output(b.requant(b.linear(x, o), axis=len(shape) - 1)), x
+
+
+def conv_graph(shape, o, k, stride, groups=1):
+    b = IntGraphBuilder("conv", seed=0)
+    x = b.input(shape, "u8")
+    conv = b.conv(x, o, k=k, stride=stride, padding=(k // 2,) * 4, groups=groups)
+    return b.output(b.requant(conv)), x
+
+
+def time_kernel(g, x, switch: str, new: bool) -> float:
+    setattr(tvm_ops, switch, new)
+    try:
+        module = qtvm.build(g, None, batch=x.shape[0])
+    finally:
+        setattr(tvm_ops, switch, True)
+    xs = np.random.default_rng(1).integers(0, 256, x.shape).astype(np.uint8)
+    for r, o in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
+        np.testing.assert_array_equal(r, o)  # both kernels are the op, bit for bit
+    best = float("inf")
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        module(xs)
+        best = min(best, time.perf_counter() - t0)
+    return 1000 * best
+
+
+def main() -> None:
+    cases = [(f"qlinear {'x'.join(map(str, s))} -> {o}", "PMADD_GEMM", *linear_graph(s, o))
+             for s, o in LINEARS]
+    cases += [(f"conv {k}x{k} {s[1]}->{o} @{s[2]}" + (f" s{st}" if st > 1 else ""), "PMADD_CONV",
+               *conv_graph(s, o, k, st)) for s, o, k, st in CONVS]
+    cases += [(f"depthwise 3x3 {s[1]} @{s[2]}" + (f" s{st}" if st > 1 else ""),
+               "DEPTHWISE_LANES", *conv_graph(s, s[1], 3, st, groups=s[1]))
+              for s, st in DEPTHWISE]
+    print(f"{'kernel':34s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")
+    for label, switch, g, x in cases:
+        old, new = time_kernel(g, x, switch, False), time_kernel(g, x, switch, True)
+        print(f"{label:34s} {old:9.3f} {new:9.3f} {old / new:8.2f}", flush=True)
+    print(f"\n{args.threads} threads (TVM_NUM_THREADS), minimum of {args.runs} calls, batch 1, "
+          f"u8 input, per-channel requantize")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
