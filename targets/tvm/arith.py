@@ -136,11 +136,35 @@ def requantize_clamp(x, m0: Expr, shift: Expr, rounding: str, zy: int, lo: int, 
     """clip(requantize(x) + zy, lo, hi) stored as `dtype`, in int32 where that is exact:
     clip(y + zy, lo, hi) == clip(y, lo - zy, hi - zy) + zy, and the right side cannot
     overflow when both bounds fit int32 (AVX2 has no 64-bit min/max)."""
-    y = requantize32(x, m0, shift, rounding)
-    if INT32_LO <= lo - zy and hi - zy <= INT32_HI:
+    return offset_clamp(requantize32(x, m0, shift, rounding), zy, lo, hi, dtype)
+
+
+def offset_clamp(y, zy: Expr, lo: int, hi: int, dtype: str, zy_range: tuple = None):
+    """clip(y + zy, lo, hi) stored as `dtype`, for an int32 expression `y`, in int32 where that
+    is exact: clip(y + zy, lo, hi) == clip(y, lo - zy, hi - zy) + zy, and the right side cannot
+    overflow when both bounds fit int32 (AVX2 has no 64-bit min/max). `zy` is an int, or an
+    int32 expression (a per-channel table entry) whose values lie in `zy_range` (min, max)."""
+    zlo, zhi = (zy, zy) if isinstance(zy, int) else zy_range
+    if not (INT32_LO <= lo - zhi and hi - zlo <= INT32_HI):
+        return clamp_cast(i64(y) + i64(zy), lo, hi, dtype)
+    y = i32(y)
+    if isinstance(zy, int):
         y = tir.min(tir.max(y, tir.const(lo - zy, I32)), tir.const(hi - zy, I32))
         return (y + tir.const(zy, I32)).astype(dtype) if zy else y.astype(dtype)
-    return clamp_cast(i64(y) + i64(zy), lo, hi, dtype)
+    z = i32(zy)
+    y = tir.min(tir.max(y, tir.const(lo, I32) - z), tir.const(hi, I32) - z)
+    return (y + z).astype(dtype)
+
+
+def entry32(table, idx):
+    """A per-channel table entry as int32 (the table is an int32 tensor), or the folded
+    constant as a Python int."""
+    return table if isinstance(table, int) else i32(table(idx))
+
+
+def fits32(lo: int, hi: int) -> bool:
+    """Whether every integer in [lo, hi] fits int32."""
+    return INT32_LO <= lo and hi <= INT32_HI
 
 
 def wrap(acc, bits: int):
@@ -161,3 +185,59 @@ def div_round_away(num, den):
     num = i64(num)
     two = tir.const(2, I64)
     return tir.truncdiv(two * num + tir.Select(num < 0, -den, den), two * den)
+
+
+# ---- integer softmax pieces (int32 i-exp, exact float64 quotient) -------------------------------
+
+F64 = "float64"
+
+
+def iexp32(u, frac_bits: int, exp_b: int, exp_c: int, live=None):
+    """I-BERT's i-exp of -u (qsoftmax's e) in int32: p = min(u >> K, 31),
+    rb = exp_b - (u & (2**K - 1)), e = (rb**2 + exp_c) >> p; 0 where `live` is false.
+
+    `u` is an int32 expression holding a value >= 0. With the op's checks
+    (exp_b > 2**K, exp_b**2 + exp_c < 2**31) rb is in (0, exp_b], so rb**2 + exp_c fits
+    int32; every step is one AVX2 int32 instruction (vpsravd, vpand, vpmulld, vpminsd)."""
+    u = i32(u)
+    p = tir.min(u >> tir.const(frac_bits, I32), tir.const(31, I32))
+    rb = tir.const(exp_b, I32) - (u & tir.const((1 << frac_bits) - 1, I32))
+    e = (rb * rb + tir.const(exp_c, I32)) >> p
+    return e if live is None else tir.Select(live, e, tir.const(0, I32))
+
+
+def softmax_quotient_f64(e, s, half_inv, k: int):
+    """floor((e * 2**(k+1) + S) / (2 S)) as int32, in float64, exactly: `e` an int32
+    expression in [0, S], `s` the row sum S > 0 as float64 and `half_inv` = fl(0.5 / S).
+
+    Why it is exact, for e < 2**31, k <= 16 and S <= 2**51 (rows up to 2**20 long):
+    - num = e * 2**(k+1) + S and D = 2 S are integers below 2**53, so float64 holds them
+      exactly (the product by a power of two and the sum are exact).
+    - The quotient Q = num / D is at most 2**k + 1/2 (e <= S). c = fl(num * fl(1/D)) carries
+      two roundings, |c - Q| <= Q 2**-51.9 < 2**-34, so q0 = floor(c) is floor(Q) or one off.
+    - q0 D <= num + D <= 2**48 + 3 S < 2**53, so the product is exact, and so is
+      rem = num - q0 D (a difference of integers below 2**53; a fused multiply-add is exact
+      too). q0 is floor(Q) iff 0 <= rem < D; otherwise one step up or down fixes it.
+    The vector code is vcvtdq2pd, vmulpd, vroundpd, vfmadd/vsubpd, two compares and blends:
+    no 64-bit integer division."""
+    num = i32(e).astype(F64) * tir.const(float(1 << (k + 1)), F64) + s
+    den = s * tir.const(2.0, F64)
+    q0 = tir.floor(num * half_inv)
+    rem = num - q0 * den
+    one, zero = tir.const(1.0, F64), tir.const(0.0, F64)
+    q = q0 + tir.Select(rem >= den, one, zero) - tir.Select(rem < zero, one, zero)
+    return q.astype(I32)
+
+
+def let(value, body, name: str = "t"):
+    """body(v) with v bound to `value` once (a TIR Let). A formula that uses its operand several
+    times (rdbpot reads x three times) would otherwise copy the whole operand expression into
+    each use, and nesting requantizations multiplies the copies: TVM's simplifier then takes
+    seconds and LLVM sees one huge expression."""
+    value = expr(value)
+    dt = dtype_of(value)
+    v = tir.Var(name, dt)
+    # TVM's NarrowDataType pass memoises a bound per expression and rejects a Let variable
+    # that is bounded by its value in one place and unbounded in another; an opaque
+    # same-type reinterpret (no instruction) makes the bound the whole type everywhere
+    return tir.Let(v, tir.call_intrin(dt, "tirx.reinterpret", value), body(v))

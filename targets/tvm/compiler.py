@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from qcompile.ir.graph import Graph
@@ -46,6 +47,8 @@ class TVMModule:
     target: object
     tuning: Optional[object] = None   # the TuningDatabase the build tuned into or applied
     _vm: object = field(default=None, repr=False)
+    _main: object = field(default=None, repr=False)   # the VM's "main", looked up once
+    _dev: object = field(default=None, repr=False)
     _dev_params: list = field(default_factory=list, repr=False)
 
     @property
@@ -79,11 +82,12 @@ class TVMModule:
         if self._vm is None:
             if is_cross(self.target):
                 raise TVMBackendError(f"a module for {self.meta['target']} cannot run here")
-            dev = self.device()
-            self._vm = relax.VirtualMachine(self.executable, dev)
-            self._dev_params = [tvm.runtime.tensor(self.params[n], dev)
+            self._dev = self.device()
+            self._vm = relax.VirtualMachine(self.executable, self._dev)
+            self._main = self._vm["main"]
+            self._dev_params = [tvm.runtime.tensor(self.params[n], self._dev)
                                 for n in self.meta["params"]]
-        return run_vm(self._vm, self.device(), self.meta, self._dev_params, inputs)
+        return run_vm(self._main, self._dev, self.meta, self._dev_params, inputs)
 
 
 def device_for(kind: str):
@@ -91,7 +95,8 @@ def device_for(kind: str):
     return tvm.cpu(0) if kind in ("llvm", "c", "cpu") else tvm.device(kind, 0)
 
 
-def run_vm(vm, dev, meta: dict, params: list, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def run_vm(main, dev, meta: dict, params: list, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Check the inputs against the module's signature and call its VM function `main`."""
     want = meta["inputs"]
     if len(inputs) != len(want):
         raise TVMBackendError(f"the model takes {len(want)} inputs "
@@ -99,7 +104,7 @@ def run_vm(vm, dev, meta: dict, params: list, inputs: Sequence[np.ndarray]) -> l
     args = []
     for spec, x in zip(want, inputs):
         x = np.asarray(x)
-        if tuple(x.shape) != tuple(spec["shape"]):
+        if x.shape != tuple(spec["shape"]):
             raise TVMBackendError(f"input {spec['name']}: expected shape {tuple(spec['shape'])} "
                                   f"(the module was built for batch {meta['batch']}), got "
                                   f"{x.shape}")
@@ -109,10 +114,41 @@ def run_vm(vm, dev, meta: dict, params: list, inputs: Sequence[np.ndarray]) -> l
             else:
                 raise TVMBackendError(f"input {spec['name']}: expected dtype {spec['dtype']}, "
                                       f"got {x.dtype}")
-        args.append(tvm.runtime.tensor(np.ascontiguousarray(x), dev))
-    out = vm["main"](*args, *params)
+        args.append(_to_device(x, dev))
+    out = main(*args, *params)
     outs = list(out) if len(meta["outputs"]) > 1 else [out]
-    return [o.numpy() for o in outs]
+    return [_to_numpy(o, dev) for o in outs]
+
+
+#: The kernels assume 64-byte aligned buffers (TVM's default data alignment): they use
+#: aligned vector loads, so a misaligned input would fault.
+ALIGNMENT = 64
+
+
+def _to_device(x: np.ndarray, dev):
+    """A TVM tensor of `x` on `dev`. On the CPU the module reads the array's own memory
+    (DLPack, no copy) when it is C-contiguous and aligned, else an aligned copy: the copy
+    through `tvm.runtime.tensor` costs more than a small model's kernels."""
+    if not _on_cpu(dev):
+        return tvm.runtime.tensor(np.ascontiguousarray(x), dev)
+    if not (x.flags.c_contiguous and x.ctypes.data % ALIGNMENT == 0):
+        raw = np.empty(x.nbytes + ALIGNMENT, dtype=np.uint8)
+        start = -raw.ctypes.data % ALIGNMENT
+        aligned = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+        aligned[...] = x
+        x = aligned
+    return tvm_ffi.from_dlpack(x)
+
+
+def _on_cpu(dev) -> bool:
+    return dev.dlpack_device_type() == 1  # kDLCPU
+
+
+def _to_numpy(t, dev) -> np.ndarray:
+    """An owned numpy copy of an output (a view would pin the VM's memory)."""
+    if not _on_cpu(dev):
+        return t.numpy()
+    return np.from_dlpack(t).copy()
 
 
 # ---------------------------------------------------------------------------------- build
@@ -269,8 +305,11 @@ class LoadedModel:
     meta: dict
     params: list
 
+    def __post_init__(self):
+        self._main = self.vm["main"]
+
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        return run_vm(self.vm, self.dev, self.meta, self.params, inputs)
+        return run_vm(self._main, self.dev, self.meta, self.params, inputs)
 
 
 def have_nvcc() -> bool:

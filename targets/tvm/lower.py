@@ -76,6 +76,9 @@ class Kernel:
     name: str
     args: list = field(default_factory=list)         # relax expressions, call order
     placeholders: list = field(default_factory=list)  # matching te placeholders
+    # (te placeholder, tir buffer) pairs while a hand-written (te.extern) body is being built:
+    # inside such a body a table is read from its buffer, not through the placeholder
+    bound: list = field(default_factory=list)
 
     def input(self, expr, shape, dtype: str, name: str = "x") -> te.Tensor:
         ph = te.placeholder(tuple(int(d) for d in shape), dtype, name=name)
@@ -94,6 +97,16 @@ class Kernel:
             return int(arr[0])
         var = self.lowering.param(f"{self.name}.{what}", arr.astype(dtype))
         return self.input(var, arr.shape, dtype, name=what.replace(".", "_"))
+
+    def read(self, table, idx, dtype: str = I64):
+        """A table entry (or the folded constant) as `dtype`: through the table's placeholder
+        in a TE compute, through its bound buffer inside an extern body (see `bound`)."""
+        if isinstance(table, int):
+            return tir.const(table, dtype) if dtype != I64 else table
+        for ph, buf in self.bound:
+            if ph.same_as(table):
+                return tir.BufferLoad(buf, [idx]).astype(dtype)
+        return table(idx).astype(dtype)
 
     def finish(self, out: te.Tensor, kind: str = "elementwise", info: Optional[dict] = None):
         """Make the PrimFunc, schedule it, and call it from main; returns the Relax value."""

@@ -41,21 +41,25 @@ def _requant_epilogue(low: Lowering, k: Kernel, rq: Node, rank: int):
     rounding, lo, hi = a["rounding"], a["clamp_min"], a["clamp_max"]
     dtype = tvm_dtype(a["dtype"])
     q_out = rq.output.quant
+
+    def centred(acc, idx):
+        if isinstance(zx, int) and zx == 0:
+            return acc
+        return i64(acc) - k.read(zx, idx[zx_axis])
     if q_out is not None and len(set(q_out.zero_point)) > 1:
         # per-channel output zero points (per-channel activations): the int64 form
         zy_at = _zero_point_at(k, rq.output, rq, rank, "zy")
 
         def per_channel_epilogue(acc, idx):
-            x = i64(acc) - at(zx, idx[zx_axis]) if not (isinstance(zx, int) and zx == 0) else acc
-            y = arith.requantize(x, at(m, idx[axis]), at(s, idx[axis]), rounding)
+            y = arith.requantize(centred(acc, idx), k.read(m, idx[axis]), k.read(s, idx[axis]),
+                                 rounding)
             return arith.clamp_cast(y + zy_at(idx), lo, hi, dtype)
         return per_channel_epilogue
     zy = low.zero_point(rq.output, rq)
 
     def epilogue(acc, idx):
-        x = i64(acc) - at(zx, idx[zx_axis]) if not (isinstance(zx, int) and zx == 0) else acc
-        return arith.requantize_clamp(x, at(m, idx[axis]), at(s, idx[axis]), rounding, zy,
-                                      lo, hi, dtype)
+        return arith.requantize_clamp(centred(acc, idx), k.read(m, idx[axis]),
+                                      k.read(s, idx[axis]), rounding, zy, lo, hi, dtype)
     return epilogue
 
 
@@ -185,6 +189,47 @@ def _blocked_conv_output(low: Lowering, k: Kernel, rq: Optional[Node], acc, ct, 
     return te.compute(out_shape, out_fn, name="out")
 
 
+def _mac_epilogue(low: Lowering, k: Kernel, node: Node, rq: Optional[Node], ct, channel: int,
+                  rank: int, index=None):
+    """fn(int32 sum, *position) -> the stored output of a hand-written MAC kernel: + the folded
+    constant `ct` (per channel along `channel`; None: none), wrapped to acc_bits, then the
+    fused requantize. `index(*position)` maps the kernel's own position to the output index
+    (default: they are the same)."""
+    finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
+    acc_bits = node.attrs["acc_bits"]
+
+    def fn(v, *pos):
+        idx = tuple(index(*pos)) if index is not None else pos
+        if ct is not None:
+            v = v + k.read(ct, idx[channel], "int32")
+        v = _mac_finish(v, acc_bits, False)
+        return finish(v, idx) if finish else v
+    return fn
+
+
+def _mac_dtype(rq: Optional[Node]) -> str:
+    return tvm_dtype(rq.attrs["dtype"]) if rq is not None else "int32"
+
+
+def _fused_extern(k: Kernel, inputs: list, tables: list, out_shape: tuple, out_dtype: str,
+                  body):
+    """te.extern of a hand-written MAC kernel that writes the op's output itself: its epilogue
+    reads the kernel's tables (folded constant, requantize multipliers) from buffers, so
+    `body(*input buffers, out buffer)` is built while the tables are bound (Kernel.read)."""
+    srcs = list(inputs) + list(tables)
+    # te.extern wants buffers that share the tensors' shape objects
+    bufs = [tir.decl_buffer(t.shape, t.dtype, f"in{i}") for i, t in enumerate(srcs)]
+    ob = tir.decl_buffer(tuple(int(d) for d in out_shape), out_dtype, "out")
+
+    def fcompute(ins, outs):
+        k.bound = list(zip(tables, ins[len(inputs):]))
+        try:
+            return body(*ins[:len(inputs)], outs[0])
+        finally:
+            k.bound = []
+    return te.extern([ob.shape], srcs, fcompute, in_buffers=bufs, out_buffers=[ob], name="gemm")
+
+
 def _lower_qconv2d_packed(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
                           const: np.ndarray, zx: int):
     """qconv2d (groups = 1) with output channels in the vector lanes (NCHW[x]c-style).
@@ -278,8 +323,8 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
     """qconv2d (groups = 1) on the vpmaddwd direct-conv kernel (schedules.pmadd_conv).
 
     pad:  x padded with zx, two channels per int32 word: (N, C/2, Hp, Wx)
-    gemm: acc (N, O/L, OH, OWx, L) int32, L output channels in the vector lanes
-    out:  acc + the folded constant, then the requantize epilogue, in NCHW."""
+    gemm: per output row, int32 sums with L output channels in the vector lanes, then +
+          the folded constant and the requantize epilogue into the NCHW output."""
     from .schedules import pmadd_conv
     x = node.inputs[0]
     a = node.attrs
@@ -299,12 +344,14 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
     wx = max(wd + left + right, (owx - 1) * sw + (kw - 1) * dw + 1)
     cp = -(-c // 2)
     wp = _pack_conv_pmadd(wc, lanes, obi)
-    ob = wp.shape[0]
 
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
     wt = k.input(low.param(f"{node.inputs[1].name}.packed", wp), wp.shape, "int16", "w")
+    n_in = len(k.placeholders)
     ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (o,), "int32", "c")
+    epilogue = _mac_epilogue(low, k, node, rq, ct, 1, 4)
+    tables = k.placeholders[n_in:]
     mask = tir.const(0xFFFF, "int32")
     zpair = (zx & 0xFFFF) | ((zx & 0xFFFF) << 16)
     zpair = tir.const(zpair - (1 << 32) if zpair >= 1 << 31 else zpair, "int32")
@@ -317,13 +364,9 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
         hi = xt[b, tir.min(p * 2 + 1, c - 1), ii, jj].astype("int32") << tir.const(16, "int32")
         return tir.if_then_else(inside, lo | hi, zpair)
     pad = te.compute((n_, cp, hp, wx), pad_fn, name="pad")
-    ins = [tir.decl_buffer(t.shape, t.dtype, nm) for t, nm in ((pad, "xp"), (wt, "wp"))]
-    buf = tir.decl_buffer((n_, ob, oh, owx, lanes), "int32", "acc")
-    acc = te.extern([buf.shape], [pad, wt],
-                    lambda i, o_: pmadd_conv(i[0], i[1], o_[0], obi, jt, lanes, (sh, sw),
-                                             (dh, dw)),
-                    in_buffers=ins, out_buffers=[buf], name="gemm")
-    out = _blocked_conv_output(low, k, rq, acc, ct, lanes, out_shape, a["acc_bits"])
+    out = _fused_extern(k, [pad, wt], tables, out_shape, _mac_dtype(rq),
+                        lambda xp, wb, ob_: pmadd_conv(xp, wb, ob_, obi, jt, lanes, (sh, sw),
+                                                       (dh, dw), o, ow, epilogue))
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
@@ -333,8 +376,8 @@ def _lower_depthwise_lanes(low: Lowering, node: Node, rq: Optional[Node], wc: np
     lanes (schedules.depthwise_lanes); x86 with an int32 accumulator.
 
     pad:  x padded with zx, as blocks of L channels: (N, C/L, Hp, Wx, L), int16 or int32
-    gemm: acc (N, C/L, OH, OWx, L) int32
-    out:  acc + the folded constant, then the requantize epilogue, in NCHW."""
+    gemm: per output row, int32 sums of L channels per vector, then + the folded constant
+          and the requantize epilogue into the NCHW output."""
     from .schedules import depthwise_lanes
     x = node.inputs[0]
     a = node.attrs
@@ -364,7 +407,10 @@ def _lower_depthwise_lanes(low: Lowering, node: Node, rq: Optional[Node], wc: np
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
     wt = k.input(low.param(f"{node.inputs[1].name}.lanes", wl), wl.shape, wdt, "w")
+    n_in = len(k.placeholders)
     ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (c,), "int32", "c")
+    epilogue = _mac_epilogue(low, k, node, rq, ct, 1, 4)
+    tables = k.placeholders[n_in:]
 
     def pad_fn(b, q, i, j, l):
         ch = q * lanes + l
@@ -373,13 +419,9 @@ def _lower_depthwise_lanes(low: Lowering, node: Node, rq: Optional[Node], wc: np
                tir.min(tir.max(j - left, 0), wd - 1)].astype(xdt)
         return tir.if_then_else(inside, v, tir.const(zx, xdt))
     pad = te.compute((n_, cb, hp, wx, lanes), pad_fn, name="pad")
-    ins = [tir.decl_buffer(t.shape, t.dtype, nm) for t, nm in ((pad, "xp"), (wt, "wl"))]
-    buf = tir.decl_buffer((n_, cb, oh, owx, lanes), "int32", "acc")
-    acc = te.extern([buf.shape], [pad, wt],
-                    lambda i, o_: depthwise_lanes(i[0], i[1], o_[0], jt, lanes, (sh, sw),
-                                                  (dh, dw)),
-                    in_buffers=ins, out_buffers=[buf], name="gemm")
-    out = _blocked_conv_output(low, k, rq, acc, ct, lanes, out_shape, a["acc_bits"])
+    out = _fused_extern(k, [pad, wt], tables, out_shape, _mac_dtype(rq),
+                        lambda xp, wb, ob_: depthwise_lanes(xp, wb, ob_, jt, lanes, (sh, sw),
+                                                            (dh, dw), c, ow, epilogue))
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
@@ -460,13 +502,6 @@ def _unravel(flat, dims: tuple) -> list:
     return out
 
 
-def _ravel(idx, dims: tuple):
-    flat = tir.const(0, "int32")
-    for i, d in zip(idx, dims):
-        flat = flat * d + i
-    return flat
-
-
 def _pack_x_pairs(src, groups: int, rows: int, kdim: int, mx: int, name: str = "pack_x"):
     """(groups, mx, ceil(kdim/2)) int32: src(g, m, k) (an int16 value) in pairs, k even in the
     low half-word; rows past `rows` and the step past an odd kdim are 0."""
@@ -483,17 +518,16 @@ def _pack_x_pairs(src, groups: int, rows: int, kdim: int, mx: int, name: str = "
     return te.compute((groups, mx, kp), fn, name=name)
 
 
-def _pmadd_gemm(low: Lowering, xp, wp, ob: int, mt: int, obi: int):
-    """acc (groups, rows, ob*lanes) int32 of the pmaddwd kernel (schedules.pmadd_gemm) on the
-    packed x pairs `xp` (groups, rows, kp) and weights `wp` (1 or groups, ob, kp, 2*lanes)."""
+def _pmadd_gemm(low: Lowering, k: Kernel, xp, wp, mt: int, obi: int, rows: int, cols: int,
+                out_shape: tuple, out_dtype: str, tables: list, epilogue):
+    """The op's output from the pmaddwd kernel (schedules.pmadd_gemm) on the packed x pairs
+    `xp` (groups, rows padded to mt, kp) and weights `wp` (1 or groups, ob, kp, 2*lanes):
+    out (groups, rows, cols) row-major = epilogue(sum, g, m, o)."""
     from .schedules import pmadd_gemm
     lanes = _mac_lanes(low)
-    # te.extern wants buffers that share the tensors' shape objects
-    ins = [tir.decl_buffer(t.shape, t.dtype, n) for t, n in ((xp, "xp"), (wp, "wp"))]
-    out = tir.decl_buffer((xp.shape[0], xp.shape[1], ob * lanes), "int32", "acc")
-    return te.extern([out.shape], [xp, wp],
-                     lambda i, o: pmadd_gemm(i[0], i[1], o[0], mt, obi, lanes),
-                     in_buffers=ins, out_buffers=[out], name="gemm")
+    return _fused_extern(k, [xp, wp], tables, out_shape, out_dtype,
+                         lambda xb, wb, ob_: pmadd_gemm(xb, wb, ob_, mt, obi, lanes, rows, cols,
+                                                        epilogue))
 
 
 def _lower_qlinear_packed(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
@@ -519,17 +553,15 @@ def _lower_qlinear_packed(low: Lowering, node: Node, rq: Optional[Node], wc: np.
     xt = k.value(x, "x")
     wpk = wp.reshape(1, ob, kp, 2 * lanes)
     wt = k.input(low.param(f"{node.inputs[1].name}.packed", wpk), wpk.shape, "int16", "w")
+    n_in = len(k.placeholders)
     ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (o,), "int32", "c")
-    xp = _pack_x_pairs(lambda g, m, kk: xt(*_unravel(m, lead), kk), 1, rows, kdim, mx)
-    acc = _pmadd_gemm(low, xp, wt, ob, mt, obi)
     rank = len(out_shape)
-    finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
-
-    def out_fn(*idx):
-        v = _mac_finish(acc[0, _ravel(idx[:-1], lead), idx[-1]] + ct[idx[-1]],
-                        node.attrs["acc_bits"], False)
-        return finish(v, idx) if finish else v
-    out = te.compute(out_shape, out_fn, name="out")
+    epilogue = _mac_epilogue(low, k, node, rq, ct, rank - 1, rank,
+                             lambda g, m, oc: (*_unravel(m, lead), oc))
+    tables = k.placeholders[n_in:]
+    xp = _pack_x_pairs(lambda g, m, kk: xt(*_unravel(m, lead), kk), 1, rows, kdim, mx)
+    out = _pmadd_gemm(low, k, xp, wt, mt, obi, rows, o, out_shape, _mac_dtype(rq), tables,
+                      epilogue)
     return k.finish(out, "gemm_packed", {"lanes": lanes})
 
 
@@ -566,15 +598,12 @@ def _lower_qmatmul_packed(low: Lowering, node: Node, rq: Optional[Node], za: int
                                 (v.astype("int32") - zbt).astype("int16"),
                                 tir.const(0, "int16"))
     bp = te.compute((1 if b_shared else groups, ob, kp, 2 * lanes), b_fn, name="pack_b")
-    acc = _pmadd_gemm(low, ap, bp, ob, mt, obi)
     rank = len(out_shape)
-    finish = _requant_epilogue(low, k, rq, rank) if rq is not None else None
-
-    def out_fn(*idx):
-        v = _mac_finish(acc[_ravel(idx[:-2], lead), idx[-2], idx[-1]], node.attrs["acc_bits"],
-                        False)
-        return finish(v, idx) if finish else v
-    out = te.compute(out_shape, out_fn, name="out")
+    n_in = len(k.placeholders)
+    epilogue = _mac_epilogue(low, k, node, rq, None, rank - 1, rank,
+                             lambda g, m, col: (*_unravel(g, lead), m, col))
+    out = _pmadd_gemm(low, k, ap, bp, mt, obi, rows, n, out_shape, _mac_dtype(rq),
+                      k.placeholders[n_in:], epilogue)
     return k.finish(out, "gemm_packed", {"lanes": lanes})
 
 
@@ -655,63 +684,127 @@ def _zero_point_at(k: Kernel, v: Value, node: Node, rank: int, what: str):
     if isinstance(zp, int):
         return lambda idx: i64(zp)
     axis = (v.quant.axis or 0) % max(rank, 1)
-    return lambda idx: at(zp, idx[axis])
+    return lambda idx: k.read(zp, idx[axis])
 
 
 @tvm_op("requantize")
 def lower_requantize(low: Lowering, node: Node, _rq=None):
     """The standalone requantize: multipliers per channel along any axis, per-channel input and
-    output zero points (each along its own params' axis), any integer output dtype."""
+    output zero points (each along its own params' axis), any integer output dtype.
+
+    Runs in int32: x - zx is the accumulator intmath.requantize checks against int32, and the
+    zero points of an (at most 32-bit) value fit int32, so the subtraction cannot overflow on
+    any input the interpreter accepts; the clamp widens only where clamp bounds minus zy leave
+    int32 (arith.offset_clamp)."""
     x = node.inputs[0]
     a = node.attrs
     shape = low.shape(x)
     rank = len(shape)
     k = low.kernel(node)
-    xt = k.value(x)
     axis = a["axis"] % rank
-    m, s = k.table("multiplier", a["multiplier"]), k.table("shift", a["shift"])
-    zx = _zero_point_at(k, x, node, rank, "zx")
-    zy = _zero_point_at(k, node.output, node, rank, "zy")
+    m = k.table("multiplier", a["multiplier"], "int32")
+    s = k.table("shift", a["shift"], "int32")
+
+    def zero_point(v: Value, what: str):
+        """(fn(index) -> the zero point as an int or int32 expression, (min, max) of its
+        values): a folded constant, or an int32 table read along the params' own axis."""
+        if v.quant is None:
+            raise TVMBackendError(f"node %{node.name} (requantize): value %{v.name} has no "
+                                  f"QuantParams")
+        zps = [int(z) for z in v.quant.zero_point]
+        if not arith.fits32(min(zps), max(zps)):
+            raise TVMBackendError(f"node %{node.name} (requantize): zero points of %{v.name} "
+                                  f"span [{min(zps)}, {max(zps)}]; expected int32 values")
+        zp = k.table(what, zps, "int32")
+        if isinstance(zp, int):
+            return (lambda idx: zp), (zp, zp)
+        zaxis = (v.quant.axis or 0) % max(rank, 1)
+        return (lambda idx: arith.entry32(zp, idx[zaxis])), (min(zps), max(zps))
+    zx, zx_range = zero_point(x, "zx")
+    zy, zy_range = zero_point(node.output, "zy")
     dtype = tvm_dtype(a["dtype"])
+    # one multiplier and zero point: a flat view (free reshapes), whole vectors of
+    # contiguous elements whatever the innermost axis is
+    flat = rank > 1 and low.schedule is not None and isinstance(m, int) \
+        and isinstance(s, int) and zx_range[0] == zx_range[1] and zy_range[0] == zy_range[1]
+    view = (int(np.prod(shape)),) if flat else shape
+    xt = k.input(low.bb.emit(relax.op.reshape(low.expr(x), view)) if flat else low.expr(x),
+                 view, tvm_dtype(x.dtype))
 
     def fn(*idx):
-        y = arith.requantize(i64(xt(*idx)) - zx(idx), at(m, idx[axis]), at(s, idx[axis]),
-                             a["rounding"])
-        return arith.clamp_cast(y + zy(idx), a["clamp_min"], a["clamp_max"], dtype)
-    return k.finish(te.compute(shape, fn, name="out"))
+        xc = arith.i32(xt(*idx))
+        z = zx(idx)
+        if not (isinstance(z, int) and z == 0):
+            xc = xc - z
+        c = idx[axis] if not flat else 0
+        y = arith.requantize32(xc, arith.entry32(m, c), arith.entry32(s, c), a["rounding"])
+        return arith.offset_clamp(y, zy(idx), a["clamp_min"], a["clamp_max"], dtype, zy_range)
+    out = k.finish(te.compute(view, fn, name="out"))
+    return low.bb.emit(relax.op.reshape(out, shape)) if view != shape else out if flat else out
 
 
 def _binary_inputs(low: Lowering, node: Node, k: Kernel):
-    """(output shape, centred a at an output index, centred b at an output index)."""
+    """(kernel shape, centred a at a kernel index, centred b at a kernel index, fn(kernel
+    result) -> the op's output), the centred values as int32 expressions: a and b are codes
+    of at most 16 bits and each zero point lies in its dtype's range, so q - z fits int32.
+
+    Without broadcasting the kernel runs on flat views of the tensors (free reshapes): its
+    one loop is split into whole vectors of contiguous elements, where a 4-D loop nest with
+    rows that are not a whole number of vectors would gather its operands."""
     a_v, b_v = node.inputs
     out_shape = low.shape(node.output)
-    rank = len(out_shape)
-    at_, bt = k.value(a_v, "a"), k.value(b_v, "b")
-    ai, bi = _broadcast_index(low.shape(a_v), rank), _broadcast_index(low.shape(b_v), rank)
+    for v in (a_v, b_v):
+        z = low.zero_point(v, node)
+        lo, hi = int_range(int_bits(v.dtype), is_signed(v.dtype))
+        if int_bits(v.dtype) > 16 or not arith.fits32(lo - z, hi - z):
+            raise TVMBackendError(f"node %{node.name} ({node.op}): input %{v.name} ({v.dtype}, "
+                                  f"zero point {z}) is not a centred code of at most 16 bits")
     za, zb = low.zero_point(a_v, node), low.zero_point(b_v, node)
-    return (out_shape, lambda idx: i64(at_(*ai(idx))) - i64(za),
-            lambda idx: i64(bt(*bi(idx))) - i64(zb))
+    if low.shape(a_v) == out_shape == low.shape(b_v) and len(out_shape) > 1 \
+            and low.schedule is not None:  # the flat views serve the CPU schedule only
+        flat = (int(np.prod(out_shape)),)
+        at_, bt = (k.input(low.bb.emit(relax.op.reshape(low.expr(v), flat)), flat,
+                           tvm_dtype(v.dtype), nm) for v, nm in ((a_v, "a"), (b_v, "b")))
+        shape, ai, bi = flat, (lambda idx: idx), (lambda idx: idx)
+
+        def done(result):
+            return low.bb.emit(relax.op.reshape(result, out_shape))
+    else:
+        rank = len(out_shape)
+        at_, bt = k.value(a_v, "a"), k.value(b_v, "b")
+        ai, bi = _broadcast_index(low.shape(a_v), rank), _broadcast_index(low.shape(b_v), rank)
+        shape = out_shape
+
+        def done(result):
+            return result
+
+    def centred(t, index, z):
+        return lambda idx: arith.i32(t(*index(idx))) - z if z else arith.i32(t(*index(idx)))
+    return shape, centred(at_, ai, za), centred(bt, bi, zb), done
 
 
 def _lower_qaddsub(low: Lowering, node: Node, sign: int):
+    """qadd / qsub in int32: (q - z) << left_shift and sa +- sb are inputs of requantizations
+    that intmath checks against int32, so on every input the interpreter accepts nothing
+    overflows; the three rescalings are one expression (no int64 stages in memory)."""
     a = node.attrs
     k = low.kernel(node)
-    out_shape, ac, bc = _binary_inputs(low, node, k)
+    shape, ac, bc, done = _binary_inputs(low, node, k)
     zy = low.zero_point(node.output, node)
     r = a["rounding"]
-    lift = 1 << a["left_shift"]
-    # The input rescalings are stages of their own: nesting three requantize formulas in one
-    # expression makes TVM's expression handling blow up.
-    sa = te.compute(out_shape, lambda *idx: arith.requantize(
-        ac(idx) * i64(lift), a["a_multiplier"], a["a_shift"], r), name="sa")
-    sb = te.compute(out_shape, lambda *idx: arith.requantize(
-        bc(idx) * i64(lift), a["b_multiplier"], a["b_shift"], r), name="sb")
+    left = tir.const(a["left_shift"], "int32")
+
+    def out(raw):
+        return arith.requantize_clamp(raw, a["out_multiplier"], a["out_shift"], r, zy,
+                                      a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
 
     def fn(*idx):
-        raw = sa(*idx) + sb(*idx) if sign > 0 else sa(*idx) - sb(*idx)
-        y = arith.requantize(raw, a["out_multiplier"], a["out_shift"], r) + i64(zy)
-        return arith.clamp_cast(y, a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
-    return k.finish(te.compute(out_shape, fn, name="out"), "elementwise_staged")
+        sa = arith.requantize32(ac(idx) << left, a["a_multiplier"], a["a_shift"], r)
+        sb = arith.requantize32(bc(idx) << left, a["b_multiplier"], a["b_shift"], r)
+        # each rescaling is bound once (arith.let): nested, the three formulas copy their
+        # operands into every use
+        return arith.let(sa + sb if sign > 0 else sa - sb, out, "raw")
+    return done(k.finish(te.compute(shape, fn, name="out")))
 
 
 @tvm_op("qadd")
@@ -726,20 +819,27 @@ def lower_qsub(low: Lowering, node: Node, _rq=None):
 
 @tvm_op("qmul")
 def lower_qmul(low: Lowering, node: Node, _rq=None):
+    """qmul in int32: the product of the centred inputs is the accumulator intmath.requantize
+    checks against int32."""
     a = node.attrs
     k = low.kernel(node)
-    out_shape, ac, bc = _binary_inputs(low, node, k)
+    shape, ac, bc, done = _binary_inputs(low, node, k)
     zy = low.zero_point(node.output, node)
 
     def fn(*idx):
-        y = arith.requantize(ac(idx) * bc(idx), a["multiplier"], a["shift"], a["rounding"])
-        return arith.clamp_cast(y + i64(zy), a["clamp_min"], a["clamp_max"],
-                                tvm_dtype(a["dtype"]))
-    return k.finish(te.compute(out_shape, fn, name="out"))
+        return arith.requantize_clamp(ac(idx) * bc(idx), a["multiplier"], a["shift"],
+                                      a["rounding"], zy, a["clamp_min"], a["clamp_max"],
+                                      tvm_dtype(a["dtype"]))
+    return done(k.finish(te.compute(shape, fn, name="out")))
 
 
 @tvm_op("qprelu")
 def lower_qprelu(low: Lowering, node: Node, _rq=None):
+    """qprelu in int32. Both branches are computed for every element and one is selected, but
+    the interpreter checks only the branch each element takes: the unselected one may hold
+    any int32 bits (never UB: shifts and the int64 product are defined for every int32),
+    except the slope product, which is formed in int64 and truncated unless its build-time
+    bound fits int32."""
     x, slope = node.inputs
     a = node.attrs
     shape = low.shape(x)
@@ -748,22 +848,41 @@ def lower_qprelu(low: Lowering, node: Node, _rq=None):
     if not slope.is_constant or slope.data is None or slope.quant is None:
         raise TVMBackendError(f"node %{node.name} (qprelu): slope %{slope.name} must be a "
                               f"quantized constant")
-    sc = np.asarray(slope.data).astype(np.int64) - slope.quant.zero_point_array(1)
+    sc = (np.asarray(slope.data).astype(np.int64) - slope.quant.zero_point_array(1)).reshape(-1)
     k = low.kernel(node)
-    xt = k.value(x)
     zx, zy = low.zero_point(x, node), low.zero_point(node.output, node)
-    slopes = k.table("slope", sc.reshape(-1))
-    nm, ns = k.table("neg_multiplier", a["neg_multiplier"]), k.table("neg_shift", a["neg_shift"])
+    lo, hi = int_range(int_bits(x.dtype), is_signed(x.dtype))
+    if int_bits(x.dtype) > 16 or not arith.fits32(lo - zx, hi - zx) \
+            or not arith.fits32(int(sc.min()), int(sc.max())):
+        raise TVMBackendError(f"node %{node.name} (qprelu): input %{x.name} ({x.dtype}) and "
+                              f"slope %{slope.name} must be centred codes of at most 16 bits")
+    narrow = arith.fits32(-1, max(abs(lo - zx), abs(hi - zx)) * int(np.abs(sc).max()))
+    slopes = k.table("slope", sc, "int32")
+    nm = k.table("neg_multiplier", a["neg_multiplier"], "int32")
+    ns = k.table("neg_shift", a["neg_shift"], "int32")
     r = a["rounding"]
+    # a view with the channel axis alone between two flattened ones (free reshapes): the
+    # rows of the inner one are longer than the innermost axis, so fewer scalar tails
+    before, after = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
+    view = (before, shape[axis], after) if after > 1 else (before, shape[axis])
+    if all(isinstance(t, int) for t in (slopes, nm, ns)):
+        view = (int(np.prod(shape)),)
+    if low.schedule is None:  # the views serve the CPU schedule only
+        view = shape
+    xt = k.input(low.bb.emit(relax.op.reshape(low.expr(x), view)) if view != shape
+                 else low.expr(x), view, tvm_dtype(x.dtype))
 
     def fn(*idx):
-        c = idx[axis]
-        xc = i64(xt(*idx)) - i64(zx)
-        pos = arith.requantize(xc, a["pos_multiplier"], a["pos_shift"], r)
-        neg = arith.requantize(xc * at(slopes, c), at(nm, c), at(ns, c), r)
-        y = tir.Select(xc >= 0, pos, neg) + i64(zy)
-        return arith.clamp_cast(y, a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
-    return k.finish(te.compute(shape, fn, name="out"))
+        c = idx[axis] if view == shape else idx[1] if len(view) > 1 else 0
+        xc = arith.i32(xt(*idx)) - zx if zx else arith.i32(xt(*idx))
+        sl = arith.entry32(slopes, c)
+        prod = xc * sl if narrow else arith.i32(i64(xc) * i64(sl))
+        pos = arith.requantize32(xc, a["pos_multiplier"], a["pos_shift"], r)
+        neg = arith.requantize32(prod, arith.entry32(nm, c), arith.entry32(ns, c), r)
+        y = tir.Select(xc >= tir.const(0, "int32"), pos, neg)
+        return arith.offset_clamp(y, zy, a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
+    out = k.finish(te.compute(view, fn, name="out"))
+    return low.bb.emit(relax.op.reshape(out, shape)) if view != shape else out
 
 
 @tvm_op("lut")
@@ -807,7 +926,23 @@ def lower_max_pool2d(low: Lowering, node: Node, _rq=None):
     xt = k.value(x)
     dt = xt.dtype
     lowest = tir.min_value(dt)
-    src = _window_input(xt, h, w, top, left, bottom, right, lowest, lowest)
+    _, _, oh, ow = out_shape
+    inside = (top == left == bottom == right == 0 and (oh - 1) * sh + (kh - 1) * dh < h
+              and (ow - 1) * sw + (kw - 1) * dw < w)
+    src = (lambda b, ch, i, j: xt[b, ch, i, j]) if inside else \
+        _window_input(xt, h, w, top, left, bottom, right, lowest, lowest)
+    if kh * kw <= 16:
+        # a small window as an explicit max over its taps: an element-wise block, which the
+        # element-wise schedule vectorises (a reduction block stays scalar); without padding
+        # or ceil_mode overrun the taps are plain loads
+        def fn(b, ch, i, j):
+            taps = [src(b, ch, i * sh + r * dh, j * sw + t * dw)
+                    for r in range(kh) for t in range(kw)]
+            m = taps[0]
+            for v in taps[1:]:
+                m = tir.max(m, v)
+            return m
+        return k.finish(te.compute(out_shape, fn, name="out"), "pool")
     rkh, rkw = te.reduce_axis((0, kh), "rkh"), te.reduce_axis((0, kw), "rkw")
     out = te.compute(out_shape, lambda b, ch, i, j: te.max(
         src(b, ch, i * sh + rkh * dh, j * sw + rkw * dw), axis=[rkh, rkw]), name="out")

@@ -3,7 +3,8 @@ BERT encoder's integer graph keeps: qsoftmax (with an optional mask), qlayer_nor
 qreduce_sum, qdiv, qcast, gather, cast and `add` of i32 accumulators.
 
 Each lowering computes exactly the op's "int" kernel in qcompile/ir/ops/defs/
-integer_transformer.py (or integer.py / shape.py): the same int64 intermediates, the same
+integer_transformer.py (or integer.py / shape.py): the same values (int64 intermediates, or
+int32 / float64 ones where a comment proves them exact, as in qsoftmax), the same
 roundings (intmath's requantization through arith.py, floor shifts, division rounded half away
 from zero), the same treatment of masked positions and fully masked rows, so the module's
 outputs equal the interpreter's bit for bit.
@@ -33,7 +34,7 @@ from qcompile.ir.ops.defs.integer_transformer import ISQRT_ITERATIONS
 from qcompile.ir.types import int_bits, int_range, is_signed
 
 from . import arith
-from .arith import I64, i64
+from .arith import F64, I32, I64, i32, i64
 from .lower import Kernel, Lowering, TVMBackendError, tvm_dtype, tvm_op
 from .ops import _broadcast_index, _zero_point_at, lower_float_binary
 
@@ -66,6 +67,21 @@ def finish_output(k: Kernel, node: Node, clamp_min: int, clamp_max: int,
     zy = _zero_point_at(k, node.output, node, len(k.lowering.shape(node.output)), "zy")
     dt = tvm_dtype(dtype)
     return lambda y, idx: arith.clamp_cast(y + zy(idx), clamp_min, clamp_max, dt)
+
+
+def finish_output32(k: Kernel, node: Node, clamp_min: int, clamp_max: int,
+                    dtype: str) -> Callable:
+    """finish_output for an int32 y: with one zero point zy the clamp runs in int32 as
+    clip(y, lo - zy, hi - zy) + zy (equal to clip(y + zy, lo, hi), and nothing overflows
+    while both shifted bounds fit int32); per-channel zero points take the int64 path."""
+    zp = node.output.quant.zero_point if node.output.quant is not None else ()
+    zy = int(zp[0]) if len(set(zp)) == 1 else None
+    if zy is None or not (arith.INT32_LO <= clamp_min - zy and clamp_max - zy <= arith.INT32_HI):
+        wide = finish_output(k, node, clamp_min, clamp_max, dtype)
+        return lambda y, idx: wide(i64(y), idx)
+    dt = tvm_dtype(dtype)
+    lo, hi = tir.const(clamp_min - zy, I32), tir.const(clamp_max - zy, I32)
+    return lambda y, idx: (tir.min(tir.max(y, lo), hi) + tir.const(zy, I32)).astype(dt)
 
 
 def _norm_axes(node: Node, axes: Sequence[int], rank: int) -> tuple[int, ...]:
@@ -122,9 +138,32 @@ def _softmax_out_bits(node: Node) -> int:
     return int(round(k))
 
 
+#: Rows up to this length take the float64 quotient of arith.softmax_quotient_f64: with e < 2**31 and
+#: k <= 16 every value it forms stays below 2**53 (see there). Longer rows divide in int64.
+SOFTMAX_F64_MAX_ROW = 1 << 20
+
+
 @tvm_op("qsoftmax")
 def lower_qsoftmax(low: Lowering, node: Node, _rq=None):
-    """Stages: [any unmasked per row], row max, d, t (requantize), e (i-exp), row sum, out."""
+    """Stages: row max, e (int32: d, t, i-exp in one), row sum (int64), the row's float64
+    sum and half reciprocal, out (the quotient, + zy, clamp).
+
+    Everything per element stays in int32 (AVX2 has no 64-bit multiply, arithmetic shift,
+    min or max, so int64 element-wise code is scalar):
+      d = q - max fits int32 (codes have at most 16 bits);
+      t = requantize(d) fits int32 (intmath raises otherwise), arith.requantize32 computes it;
+      u = -t >= 0 (d <= 0, Q31 multipliers are >= 0). t = -2**31 would overflow -t, so t is
+        first raised to -(2**31 - 1): both give p = 31, and with p = 31 e = z >> 31 = 0
+        whatever r is, because z < 2**31;
+      rb = r + exp_b is in (0, exp_b] (r in (-2**K, 0], exp_b > 2**K: the op's checks), so
+        z = rb**2 + exp_c <= exp_b**2 + exp_c < 2**31 (checked too) and e = z >> p fit int32.
+    Only the row sum needs int64 (up to n * (2**31 - 1)).
+
+    A fully masked row is uniform. The max stage reads a masked position as -2**24, below
+    every code (<= 16 bits), so a row max of -2**24 marks such a row; there every position
+    is live with d = 0. Masked positions read q as the row max, so d = 0 there too and no
+    subtraction can overflow; their e is then zeroed. (The sentinel is not INT32_MIN: TVM's
+    simplifier dropped the test `max == INT32_MIN`, and fully masked rows came out 0.)"""
     x, mask = node.inputs[0], node.input(1)
     a = node.attrs
     shape = low.shape(x)
@@ -135,53 +174,47 @@ def lower_qsoftmax(low: Lowering, node: Node, _rq=None):
     k = low.kernel(node)
     xt = k.value(x)
     row_shape = _kept(shape, (ax,))
-    q = lambda idx: xt(*idx).astype("int32")  # noqa: E731  (<= 16-bit codes)
+    row = lambda idx: _row(idx, (ax,))  # noqa: E731
+    q = lambda idx: xt(*idx).astype(I32)  # noqa: E731  (<= 16-bit codes)
+    # the max of a fully masked row: below every code (<= 16 bits), so d = 0 cannot overflow
+    empty = tir.const(-(1 << 24), I32)
 
+    m = None
     if mask is not None:
         mt = k.value(mask, "mask")
         mi = _broadcast_index(low.shape(mask), rank)
         m = lambda idx: mt(*mi(idx)).astype("bool")  # noqa: E731
-        rs, full = _row_reduce(shape, (ax,), "a")
-        anym = te.compute(row_shape, lambda *r: te.max(
-            tir.Select(m(full(r)), tir.const(1, "int32"), tir.const(0, "int32")), axis=rs),
-            name="any")
-        # A fully masked row is uniform: every position counts, with d = 0 (q read as 0).
-        live = lambda idx: tir.Or(m(idx), anym(*_row(idx, (ax,))) == 0)  # noqa: E731
-        rs, full = _row_reduce(shape, (ax,), "m")
-        mx = te.compute(row_shape, lambda *r: te.max(
-            tir.Select(m(full(r)), q(full(r)), tir.const(-(1 << 31), "int32")), axis=rs),
-            name="max")
-        d = te.compute(shape, lambda *idx: tir.Select(
-            tir.all(m(idx), anym(*_row(idx, (ax,))) > 0),
-            i64(q(idx) - mx(*_row(idx, (ax,)))), tir.const(0, I64)), name="d")
-    else:
-        live = None
-        rs, full = _row_reduce(shape, (ax,), "m")
+    rs, full = _row_reduce(shape, (ax,), "m")
+    if m is None:
         mx = te.compute(row_shape, lambda *r: te.max(q(full(r)), axis=rs), name="max")
-        d = te.compute(shape, lambda *idx: i64(q(idx) - mx(*_row(idx, (ax,)))), name="d")
+    else:
+        mx = te.compute(row_shape, lambda *r: te.max(
+            tir.Select(m(full(r)), q(full(r)), empty), axis=rs), name="max")
 
-    t = te.compute(shape, lambda *idx: _rescale(
-        d(*idx), a["in_multiplier"], a["in_shift"], a["rounding"]), name="t")
-
-    def i_exp(*idx):
-        u = -t(*idx)
-        p = tir.min(u >> tir.const(frac, I64), tir.const(31, I64))
-        r = -(u & tir.const((1 << frac) - 1, I64))
-        rb = r + tir.const(a["exp_b"], I64)
-        e = (rb * rb + tir.const(a["exp_c"], I64)) >> p
-        return e if live is None else tir.Select(live(idx), e, tir.const(0, I64))
-    # r (and so u) appears twice in rb * rb; u is one load of t, so the tree stays small
-    e = te.compute(shape, i_exp, name="e")
+    def e_fn(*idx):
+        top = mx(*row(idx))
+        d = q(idx) - top if m is None else tir.Select(m(idx), q(idx), top) - top
+        t = tir.max(arith.requantize32(d, a["in_multiplier"], a["in_shift"], a["rounding"]),
+                    tir.const(arith.INT32_LO + 1, I32))
+        return arith.iexp32(-t, frac, a["exp_b"], a["exp_c"],
+                            None if m is None else tir.Or(m(idx), top <= empty))
+    e = te.compute(shape, e_fn, name="e")
     rs, full = _row_reduce(shape, (ax,), "s")
-    total = te.compute(row_shape, lambda *r: te.sum(e(*full(r)), axis=rs), name="sum")
-    lo, hi = _dtype_range(a["dtype"])
-    fin = finish_output(k, node, lo, hi, a["dtype"])
+    total = te.compute(row_shape, lambda *r: te.sum(i64(e(*full(r))), axis=rs), name="sum")
+    fin = finish_output32(k, node, *_dtype_range(a["dtype"]), a["dtype"])
 
-    def out_fn(*idx):
-        s = total(*_row(idx, (ax,)))  # > 0: the row's maximum has e = exp_b**2 + exp_c
-        y = tir.floordiv(e(*idx) * tir.const(1 << (kbits + 1), I64) + s, s * tir.const(2, I64))
-        return fin(y, idx)
-    return k.finish(te.compute(shape, out_fn, name="out"))
+    if shape[ax] <= SOFTMAX_F64_MAX_ROW:
+        sf = te.compute(row_shape, lambda *r: total(*r).astype(F64), name="sumf")
+        inv = te.compute(row_shape, lambda *r: tir.const(0.5, F64) / sf(*r), name="inv")
+        out = lambda *idx: fin(arith.softmax_quotient_f64(  # noqa: E731
+            e(*idx), sf(*row(idx)), inv(*row(idx)), kbits), idx)
+    else:
+        def out(*idx):
+            s = total(*row(idx))  # > 0: the row's maximum has e = exp_b**2 + exp_c
+            y = tir.floordiv(i64(e(*idx)) * tir.const(1 << (kbits + 1), I64) + s,
+                             s * tir.const(2, I64))
+            return fin(i32(y), idx)
+    return k.finish(te.compute(shape, out, name="out"))
 
 
 # ---------------------------------------------------------------------------------- qlayer_norm

@@ -28,8 +28,19 @@ from typing import Callable
 from tvm import s_tir
 from tvm import tirx as tir
 
-#: Below this many output elements, threads cost more than they save.
-PARALLEL_MIN = 4096
+#: Below this many output elements, threads cost more than they save (waking the pool
+#: takes a few microseconds; an element-wise kernel does thousands of elements in that time).
+PARALLEL_MIN = 1 << 15
+#: Below this many multiply-adds a hand-written MAC kernel runs on one thread: waking the
+#: pool costs a few microseconds per kernel, more than small convolutions take in total
+#: (the digits CNN ran 2.7x faster on one thread than on two before this threshold).
+PARALLEL_MIN_MACS = 1 << 19
+
+
+def _task_loop(macs: int):
+    """T.parallel for kernels with enough work, else T.serial (see PARALLEL_MIN_MACS)."""
+    from tvm.script import tirx as T
+    return T.parallel if macs >= PARALLEL_MIN_MACS else T.serial
 
 
 def cpu_scheduler(target) -> Callable:
@@ -110,6 +121,13 @@ def _divisor(n: int, candidates) -> int:
 
 
 def _elementwise(sch, block, lanes: int) -> None:
+    """Vectorise an element-wise block along its innermost (contiguous) axis.
+
+    The vectors lie within one row of the innermost axis: a vector that straddles two rows
+    reads each operand through a div/mod index TVM cannot prove contiguous, and LLVM then
+    gathers it byte by byte. A row that is not a whole number of vectors is partitioned into
+    a vectorised part and a scalar tail. Rows shorter than a vector fall back to vectorising
+    the flattened loop nest (gathered loads, but vector arithmetic)."""
     loops = sch.get_loops(block)
     if not loops:
         return
@@ -123,16 +141,39 @@ def _elementwise(sch, block, lanes: int) -> None:
             if _extent(sch, fused) >= 64:
                 sch.parallel(fused)
         return
-    fused = sch.fuse(*loops)
-    n = _extent(sch, fused)
-    vec = _divisor(n, (lanes * 2, lanes, 4, 2))
-    if vec > 1:
-        outer, inner = sch.split(fused, [None, vec])
-        sch.vectorize(inner)
+    n = 1
+    for lp in loops:
+        n *= _extent(sch, lp)
+    *outer, row = loops
+    width = _extent(sch, row)
+    vec = _divisor(width, (lanes * 2, lanes))
+    # a partition copies the body, and with it a Let variable (arith.let) TVM then sees
+    # bound twice; ops.py gives such kernels flat views of whole vectors where it matters
+    if width < lanes or (vec == 1 and _has_let(sch.get(block).body)):
+        fused = sch.fuse(*loops)
+        vec = _divisor(n, (lanes * 2, lanes, 4, 2))
+        if vec > 1:
+            fused, inner = sch.split(fused, [None, vec])
+            sch.vectorize(inner)
         if n >= PARALLEL_MIN:
-            sch.parallel(outer)
-    elif n >= PARALLEL_MIN:
-        sch.parallel(fused)
+            sch.parallel(fused)
+        return
+    if vec == 1:
+        vec = lanes
+        row, _tail = sch.loop_partition(row, [width - width % vec, None])
+    o, inner = sch.split(row, [None, vec])
+    sch.vectorize(inner)
+    if n >= PARALLEL_MIN:
+        # the rows in parallel; a lone row (1-D value): its vectors
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0] if outer else o)
+
+
+def _has_let(stmt) -> bool:
+    """Whether a block stores a Let expression (arith.let binds at the root of the value)."""
+    value = getattr(stmt, "value", None)
+    while isinstance(value, tir.Cast):
+        value = value.value
+    return isinstance(value, tir.Let)
 
 
 def _conv(sch, lanes: int, info: dict) -> None:
@@ -220,10 +261,11 @@ def _conv_packed(sch, lanes: int, info: dict) -> None:
 
 
 def _conv_extern(sch, lanes: int) -> None:
-    """The stages around a hand-written conv kernel (pmadd_conv, depthwise_lanes): the pad
-    (layout change) and the NCHW epilogue, each parallel over its outer loops and vectorised
-    along its innermost one (a row, or a block of lanes), so no vector straddles two rows."""
-    for name in ("pad", "out"):
+    """The stage before a hand-written conv kernel (pmadd_conv, depthwise_lanes; they write
+    the output themselves): the pad (layout change), parallel over its outer loops and
+    vectorised along its innermost one (a row, or a block of lanes), so no vector straddles
+    two rows."""
+    for name in ("pad",):
         block = sch.get_sblock(name)
         *outer, last = sch.get_loops(block)
         n = _extent(sch, last)
@@ -235,7 +277,7 @@ def _conv_extern(sch, lanes: int) -> None:
             sch.vectorize(last)
         if outer:
             fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-            if _extent(sch, fused) > 1:
+            if _extent(sch, fused) > 1 and _extent(sch, fused) * n >= PARALLEL_MIN:
                 sch.parallel(fused)
 
 
@@ -263,17 +305,20 @@ def _pmadd_intrinsic(lanes: int) -> tuple[str, str, str]:
     raise ValueError(f"no pmaddwd for {lanes} int32 lanes")
 
 
-def pmadd_gemm(xp, w, acc, mt: int, obi: int, lanes: int):
-    """The body of a hand-written TIR kernel: acc[g, m, o] = sum_k x[g, m, k] w[g, o, k], with
-    vpmaddwd, over the buffers
+def pmadd_gemm(xp, w, out, mt: int, obi: int, lanes: int, rows: int, cols: int, epilogue):
+    """The body of a hand-written TIR kernel: out[g, m, o] = epilogue(sum_k x[g, m, k] w[g, o, k])
+    with vpmaddwd, over the buffers
 
-    xp   (groups, rows, kp) int32: two int16 values of x per word (x[2k] low, x[2k+1] high);
+    xp   (groups, rows_padded, kp) int32: two int16 values of x per word (x[2k] low, x[2k+1] high);
     w    (w_groups, ob, kp, 2*lanes) int16: for each pair step, `lanes` output channels with
          their two weights adjacent (ops._pack_pairs); w_groups is 1 (shared weights) or groups;
-    acc  (groups, rows, ob*lanes) int32.
+    out  the op's output, row-major as (groups, rows, cols): out[g, m, o] =
+         epilogue(acc, g, m, o), the stored value (requantized) of an int32 sum.
     A task is `mt` rows of one group; for each block of `obi` lane groups its mt*obi
     accumulator vectors live in registers through the whole reduction. Each step broadcasts
-    an x pair to all lanes, loads obi weight vectors, and does mt*obi vpmaddwd + vpaddd.
+    an x pair to all lanes, loads obi weight vectors, and does mt*obi vpmaddwd + vpaddd; the
+    tile then goes through the epilogue (requantize) vectorised along the output channels,
+    which are contiguous in the output, so no int32 accumulator reaches memory.
     The exactness condition (every pair sum fits int32) is the caller's: the build-time
     accumulator bound covers it.
 
@@ -284,17 +329,19 @@ def pmadd_gemm(xp, w, acc, mt: int, obi: int, lanes: int):
     from tvm.script import tirx as T
 
     intrin, v32, v16 = _pmadd_intrinsic(lanes)
-    groups, rows, kp = (int(d) for d in xp.shape)
+    groups, rows_p, kp = (int(d) for d in xp.shape)
     w_groups, ob = int(w.shape[0]), int(w.shape[1])
-    assert rows % mt == 0 and ob % obi == 0
-    mb, qb = rows // mt, ob // obi
+    assert rows_p % mt == 0 and ob % obi == 0
+    mb, qb = rows_p // mt, ob // obi
     wsel = 1 if w_groups > 1 else 0
     width = 2 * lanes
+    tasks = _task_loop(groups * rows * cols * kp * 2)
 
     # the buffers come from the closure (te.extern's), so the parsed function has no params
     @T.prim_func(check_well_formed=False)
     def gemm():
-        for task in T.parallel(groups * mb):
+        o3 = T.decl_buffer((groups, rows, cols), out.dtype, data=out.data)
+        for task in tasks(groups * mb):
             g = task // mb
             m0 = task % mb * mt
             for qo in range(qb):
@@ -311,39 +358,60 @@ def pmadd_gemm(xp, w, acc, mt: int, obi: int, lanes: int):
                                     T.reinterpret(v16, T.Broadcast(xp[g, m0 + i, k], lanes)),
                                     w[g * wsel, qo * obi + q, k, T.ramp(0, 1, width)])
                 for i in T.unroll(mt):
-                    for q in T.unroll(obi):
-                        acc[g, m0 + i, T.ramp((qo * obi + q) * lanes, 1, lanes)] = \
-                            a[T.ramp((i * obi + q) * lanes, 1, lanes)]
+                    if m0 + i < rows:
+                        for q in T.unroll(obi):
+                            if (qo * obi + q + 1) * lanes <= cols:
+                                for t in T.vectorized(lanes):
+                                    o3[g, m0 + i, (qo * obi + q) * lanes + t] = epilogue(
+                                        a[(i * obi + q) * lanes + t], g, m0 + i,
+                                        (qo * obi + q) * lanes + t)
+                            else:
+                                for t in range(lanes):
+                                    if (qo * obi + q) * lanes + t < cols:
+                                        o3[g, m0 + i, (qo * obi + q) * lanes + t] = epilogue(
+                                            a[(i * obi + q) * lanes + t], g, m0 + i,
+                                            (qo * obi + q) * lanes + t)
     return gemm.body
 
 
-def pmadd_conv(xp, w, acc, obi: int, jt: int, lanes: int, stride: tuple, dilation: tuple):
+def pmadd_conv(xp, w, out, obi: int, jt: int, lanes: int, stride: tuple, dilation: tuple,
+               channels: int, ow: int, epilogue):
     """The body of a hand-written direct convolution with vpmaddwd (no im2col), over
 
     xp   (N, C/2, Hp, Wx) int32: the padded input, two int16 channels per word (even channel
          in the low half);
     w    (OB, C/2, KH, KW, 2*lanes) int16: per channel pair and tap, `lanes` output channels
          with their two weights adjacent (ops._pack_conv_pmadd);
-    acc  (N, OB, OH, OWx, lanes) int32; OWx is a multiple of `jt`.
+    out  the op's NCHW output: out[b, o, i, j] = epilogue(acc, b, o, i, j) for o < channels
+         and j < ow (epilogue(acc, b, o, i, j): the int32 sum -> stored value, the
+         requantize).
     A task is one output row of one block of `obi` lane groups; the row runs in tiles of
     `jt` columns whose obi*jt accumulator vectors stay in registers through the reduction
     over (C/2, KH, KW). Each step loads obi weight vectors, broadcasts jt input pairs and
-    does obi*jt vpmaddwd + vpaddd. Consecutive tasks share a channel block, so its weights
-    stay in cache. Exactness and register choices are as in pmadd_gemm."""
+    does obi*jt vpmaddwd + vpaddd. Each finished tile goes straight through the epilogue,
+    vectorised over its lanes (output channels; per-channel multipliers are vector loads),
+    and its bytes are stored into the NCHW planes: no int32 accumulator reaches memory.
+    (Staging a row of tiles and running the epilogue along it instead, to store contiguous
+    rows, measured slower: the row is then read back across lanes.) Consecutive tasks share
+    a channel block, so its weights stay in cache.
+    Exactness and register choices are as in pmadd_gemm."""
     from tvm.script import tirx as T
 
     intrin, v32, v16 = _pmadd_intrinsic(lanes)
     n_, cp, _, _ = (int(d) for d in xp.shape)
     ob, _, kh, kw, width = (int(d) for d in w.shape)
-    _, _, oh, owx, _ = (int(d) for d in acc.shape)
-    assert ob % obi == 0 and owx % jt == 0 and width == 2 * lanes
+    oh = int(out.shape[2])
+    owx = -(-ow // jt) * jt
+    assert ob % obi == 0 and width == 2 * lanes
     qb, jb = ob // obi, owx // jt
     sh, sw = stride
     dh, dw = dilation
+    cw = obi * lanes
+    tasks = _task_loop(n_ * channels * oh * ow * cp * 2 * kh * kw)
 
     @T.prim_func(check_well_formed=False)
     def conv():
-        for task in T.parallel(n_ * qb * oh):
+        for task in tasks(n_ * qb * oh):
             b = task // (qb * oh)
             qo = task // oh % qb
             i = task % oh
@@ -366,36 +434,49 @@ def pmadd_conv(xp, w, acc, obi: int, jt: int, lanes: int, stride: tuple, dilatio
                                             w[qo * obi + q, rc, rkh, rkw, T.ramp(0, 1, width)])
                 for q in T.unroll(obi):
                     for jj in T.unroll(jt):
-                        acc[b, qo * obi + q, i, jo * jt + jj, T.ramp(0, 1, lanes)] = \
-                            a[T.ramp((q * jt + jj) * lanes, 1, lanes)]
+                        if jo * jt + jj < ow:
+                            c0 = (qo * obi + q) * lanes
+                            j = jo * jt + jj
+                            if c0 + lanes <= channels:
+                                for t in T.vectorized(lanes):
+                                    out[b, c0 + t, i, j] = epilogue(
+                                        a[(q * jt + jj) * lanes + t], b, c0 + t, i, j)
+                            else:
+                                for t in range(lanes):
+                                    if c0 + t < channels:
+                                        out[b, c0 + t, i, j] = epilogue(
+                                            a[(q * jt + jj) * lanes + t], b, c0 + t, i, j)
     return conv.body
 
 
-def depthwise_lanes(xp, w, acc, jt: int, lanes: int, stride: tuple, dilation: tuple):
+def depthwise_lanes(xp, w, out, jt: int, lanes: int, stride: tuple, dilation: tuple,
+                    channels: int, ow: int, epilogue):
     """The body of a hand-written depthwise convolution with channels in the vector lanes:
 
     xp   (N, C/L, Hp, Wx, L) int16 or int32: the padded input, L channels per vector;
     w    (C/L, KH, KW, L) int16 or int32: the centred weights (both are widened to int32
          as they are loaded; int16 halves the traffic of the padded copy);
-    acc  (N, C/L, OH, OWx, L) int32; OWx is a multiple of `jt`.
+    out  the op's NCHW output, written through `epilogue` as in pmadd_conv.
     A task is one output row of one channel block; the row runs in tiles of `jt` columns
     whose accumulator vectors stay in registers while the (unrolled) taps run: each tap loads
-    one weight vector and does jt contiguous input loads and multiply-adds. The plain
+    one weight vector and does jt contiguous input loads and multiply-adds; each finished
+    tile goes through the epilogue and into the NCHW output as in pmadd_conv. The plain
     kernel vectorises along the row instead and re-reads its accumulators every tap."""
     from tvm.script import tirx as T
 
     v32 = f"int32x{lanes}"
     n_, cb, _, _, _ = (int(d) for d in xp.shape)
     _, kh, kw, _ = (int(d) for d in w.shape)
-    _, _, oh, owx, _ = (int(d) for d in acc.shape)
-    assert owx % jt == 0
+    oh = int(out.shape[2])
+    owx = -(-ow // jt) * jt
     jb = owx // jt
     sh, sw = stride
     dh, dw = dilation
+    tasks = _task_loop(n_ * channels * oh * ow * kh * kw)
 
     @T.prim_func(check_well_formed=False)
     def dw_conv():
-        for task in T.parallel(n_ * cb * oh):
+        for task in tasks(n_ * cb * oh):
             b = task // (cb * oh)
             q = task // oh % cb
             i = task % oh
@@ -413,6 +494,14 @@ def depthwise_lanes(xp, w, acc, jt: int, lanes: int, stride: tuple, dilation: tu
                                                T.ramp(0, 1, lanes)]) \
                                 * T.Cast(v32, w[q, rkh, rkw, T.ramp(0, 1, lanes)])
                 for jj in T.unroll(jt):
-                    acc[b, q, i, jo * jt + jj, T.ramp(0, 1, lanes)] = \
-                        a[T.ramp(jj * lanes, 1, lanes)]
+                    if jo * jt + jj < ow:
+                        if (q + 1) * lanes <= channels:
+                            for t in T.vectorized(lanes):
+                                out[b, q * lanes + t, i, jo * jt + jj] = epilogue(
+                                    a[jj * lanes + t], b, q * lanes + t, i, jo * jt + jj)
+                        else:
+                            for t in range(lanes):
+                                if q * lanes + t < channels:
+                                    out[b, q * lanes + t, i, jo * jt + jj] = epilogue(
+                                        a[jj * lanes + t], b, q * lanes + t, i, jo * jt + jj)
     return dw_conv.body
