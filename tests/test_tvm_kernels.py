@@ -174,8 +174,8 @@ def test_depthwise_channel_lanes_is_bit_exact(case, dtype, zp):
     xs = _codes(x, np.random.default_rng(case), extreme=zp != 3)
     for r, o in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
         np.testing.assert_array_equal(r, o)
-    if HOST_PACKS:
-        assert _lanes_used(module)
+    if HOST_PACKS:  # stride 2 takes the plain kernel (faster there, see ops.lower_qconv2d)
+        assert _lanes_used(module) == (kw.get("stride", 1) == 1)
 
 
 def test_depthwise_fallbacks_stay_exact(monkeypatch):

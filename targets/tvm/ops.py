@@ -446,8 +446,11 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
             return _lower_qconv2d_pmadd(low, node, rq, wc, const, zx)
         return _lower_qconv2d_packed(low, node, rq, wc, const, zx)
 
+    # stride 1 only: at stride 2 the lanes kernel's NCHWc copy of the whole input costs more
+    # than the plain kernel's strided row loads (benchmarks/tvm_kernels.py: MobileNetV2's
+    # 96-channel 112x112 stride-2 depthwise, 1.10 ms against 0.84 ms)
     if DEPTHWISE_LANES and groups == c == o and cg == 1 and acc_dt == "int32" \
-            and _mac_lanes(low):
+            and _mac_lanes(low) and a["stride"] == (1, 1):
         return _lower_depthwise_lanes(low, node, rq, wc, const, zx)
 
     k = low.kernel(node, "+requantize" if rq is not None else "")

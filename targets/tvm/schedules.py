@@ -33,7 +33,7 @@ from tvm import tirx as tir
 PARALLEL_MIN = 1 << 15
 #: Below this many multiply-adds a hand-written MAC kernel runs on one thread: waking the
 #: pool costs a few microseconds per kernel, more than small convolutions take in total
-#: (the digits CNN ran 2.7x faster on one thread than on two before this threshold).
+#: (without this threshold the digits CNN ran slower on two threads than on one).
 PARALLEL_MIN_MACS = 1 << 19
 
 
