@@ -47,9 +47,7 @@ class TVMModule:
     target: object
     tuning: Optional[object] = None   # the TuningDatabase the build tuned into or applied
     _vm: object = field(default=None, repr=False)
-    _main: object = field(default=None, repr=False)   # the VM's "main", looked up once
-    _dev: object = field(default=None, repr=False)
-    _dev_params: list = field(default_factory=list, repr=False)
+    _run: Optional["Runner"] = field(default=None, repr=False)
 
     @property
     def source(self) -> Optional[str]:
@@ -82,12 +80,11 @@ class TVMModule:
         if self._vm is None:
             if is_cross(self.target):
                 raise TVMBackendError(f"a module for {self.meta['target']} cannot run here")
-            self._dev = self.device()
-            self._vm = relax.VirtualMachine(self.executable, self._dev)
-            self._main = self._vm["main"]
-            self._dev_params = [tvm.runtime.tensor(self.params[n], self._dev)
-                                for n in self.meta["params"]]
-        return run_vm(self._main, self._dev, self.meta, self._dev_params, inputs)
+            dev = self.device()
+            self._vm = relax.VirtualMachine(self.executable, dev)
+            params = [tvm.runtime.tensor(self.params[n], dev) for n in self.meta["params"]]
+            self._run = Runner(self._vm["main"], dev, self.meta, params)
+        return self._run(inputs)
 
 
 def device_for(kind: str):
@@ -95,60 +92,65 @@ def device_for(kind: str):
     return tvm.cpu(0) if kind in ("llvm", "c", "cpu") else tvm.device(kind, 0)
 
 
-def run_vm(main, dev, meta: dict, params: list, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Check the inputs against the module's signature and call its VM function `main`."""
-    want = meta["inputs"]
-    if len(inputs) != len(want):
-        raise TVMBackendError(f"the model takes {len(want)} inputs "
-                              f"({', '.join(i['name'] for i in want)}), got {len(inputs)}")
-    args = []
-    for spec, x in zip(want, inputs):
-        x = np.asarray(x)
-        if x.shape != tuple(spec["shape"]):
-            raise TVMBackendError(f"input {spec['name']}: expected shape {tuple(spec['shape'])} "
-                                  f"(the module was built for batch {meta['batch']}), got "
-                                  f"{x.shape}")
-        if x.dtype != np.dtype(spec["dtype"]):
-            if np.issubdtype(np.dtype(spec["dtype"]), np.floating):
-                x = x.astype(spec["dtype"])
-            else:
-                raise TVMBackendError(f"input {spec['name']}: expected dtype {spec['dtype']}, "
-                                      f"got {x.dtype}")
-        args.append(_to_device(x, dev))
-    out = main(*args, *params)
-    outs = list(out) if len(meta["outputs"]) > 1 else [out]
-    return [_to_numpy(o, dev) for o in outs]
-
-
 #: The kernels assume 64-byte aligned buffers (TVM's default data alignment): they use
 #: aligned vector loads, so a misaligned input would fault.
 ALIGNMENT = 64
 
 
-def _to_device(x: np.ndarray, dev):
-    """A TVM tensor of `x` on `dev`. On the CPU the module reads the array's own memory
-    (DLPack, no copy) when it is C-contiguous and aligned, else an aligned copy: the copy
-    through `tvm.runtime.tensor` costs more than a small model's kernels."""
-    if not _on_cpu(dev):
-        return tvm.runtime.tensor(np.ascontiguousarray(x), dev)
-    if not (x.flags.c_contiguous and x.ctypes.data % ALIGNMENT == 0):
-        raw = np.empty(x.nbytes + ALIGNMENT, dtype=np.uint8)
-        start = -raw.ctypes.data % ALIGNMENT
-        aligned = raw[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
-        aligned[...] = x
-        x = aligned
-    return tvm_ffi.from_dlpack(x)
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _on_cpu(dev) -> bool:
-    return dev.dlpack_device_type() == 1  # kDLCPU
+class Runner:
+    """Calls a module's VM function `main` on numpy inputs: checks them against the module's
+    signature (shape; dtype, converting to a float input's dtype), and returns owned numpy
+    outputs.
 
+    On the CPU each input is copied into an aligned staging array that the VM reads in place
+    (DLPack; the TVM tensors over the staging arrays are made once): going through
+    `tvm.runtime.tensor`, or even checking each call's array for alignment, costs more than
+    the whole digits CNN's kernels. One Runner serves one caller at a time."""
 
-def _to_numpy(t, dev) -> np.ndarray:
-    """An owned numpy copy of an output (a view would pin the VM's memory)."""
-    if not _on_cpu(dev):
-        return t.numpy()
-    return np.from_dlpack(t).copy()
+    def __init__(self, main, dev, meta: dict, params: list):
+        self.main, self.dev, self.meta, self.params = main, dev, meta, params
+        self.specs = [(i["name"], tuple(i["shape"]), np.dtype(i["dtype"])) for i in meta["inputs"]]
+        self.many = len(meta["outputs"]) > 1
+        self.on_cpu = dev.dlpack_device_type() == 1  # kDLCPU
+        self.stage = [_aligned_empty(shape, dt) for _, shape, dt in self.specs] \
+            if self.on_cpu else []
+        self.staged = [tvm_ffi.from_dlpack(a) for a in self.stage]
+
+    def _check(self, k: int, x) -> np.ndarray:
+        name, shape, dt = self.specs[k]
+        x = np.asarray(x)
+        if x.shape != shape:
+            raise TVMBackendError(f"input {name}: expected shape {shape} (the module was built "
+                                  f"for batch {self.meta['batch']}), got {x.shape}")
+        if x.dtype != dt and not np.issubdtype(dt, np.floating):
+            raise TVMBackendError(f"input {name}: expected dtype {dt}, got {x.dtype}")
+        return x
+
+    def __call__(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        if len(inputs) != len(self.specs):
+            raise TVMBackendError(f"the model takes {len(self.specs)} inputs "
+                                  f"({', '.join(s[0] for s in self.specs)}), got {len(inputs)}")
+        xs = [self._check(k, x) for k, x in enumerate(inputs)]
+        if self.on_cpu:
+            for stage, x in zip(self.stage, xs):
+                np.copyto(stage, x, casting="unsafe")  # float inputs convert here
+            args = self.staged
+        else:
+            args = [tvm.runtime.tensor(np.ascontiguousarray(x, dtype=dt), self.dev)
+                    for x, (_, _, dt) in zip(xs, self.specs)]
+        out = self.main(*args, *self.params)
+        outs = list(out) if self.many else [out]
+        if not self.on_cpu:
+            return [o.numpy() for o in outs]
+        # an owned copy: a view would pin the VM's memory
+        return [np.from_dlpack(o).copy() for o in outs]
 
 
 # ---------------------------------------------------------------------------------- build
@@ -306,10 +308,10 @@ class LoadedModel:
     params: list
 
     def __post_init__(self):
-        self._main = self.vm["main"]
+        self._run = Runner(self.vm["main"], self.dev, self.meta, self.params)
 
     def __call__(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        return run_vm(self._main, self.dev, self.meta, self.params, inputs)
+        return self._run(inputs)
 
 
 def have_nvcc() -> bool:
