@@ -389,11 +389,12 @@ def pmadd_conv(xp, w, out, obi: int, jt: int, lanes: int, stride: tuple, dilatio
     `jt` columns whose obi*jt accumulator vectors stay in registers through the reduction
     over (C/2, KH, KW). Each step loads obi weight vectors, broadcasts jt input pairs and
     does obi*jt vpmaddwd + vpaddd. Each finished tile goes straight through the epilogue,
-    vectorised over its lanes (output channels; per-channel multipliers are vector loads),
-    and its bytes are stored into the NCHW planes: no int32 accumulator reaches memory.
-    (Staging a row of tiles and running the epilogue along it instead, to store contiguous
-    rows, measured slower: the row is then read back across lanes.) Consecutive tasks share
-    a channel block, so its weights stay in cache.
+    channel by channel, vectorised over the tile's jt columns: LLVM keeps the tile in
+    registers and transposes it with shuffles, so each channel's jt outputs are one
+    contiguous store into its NCHW plane, and no int32 accumulator reaches memory. (Measured
+    slower: the epilogue vectorised over the lanes with a byte scatter per output, and a row
+    of tiles staged in memory and read back across lanes.) Consecutive tasks share a channel
+    block, so its weights stay in cache.
     Exactness and register choices are as in pmadd_gemm."""
     from tvm.script import tirx as T
 
@@ -433,19 +434,18 @@ def pmadd_conv(xp, w, out, obi: int, jt: int, lanes: int, stride: tuple, dilatio
                                                    (jo * jt + jj) * sw + rkw * dw], lanes)),
                                             w[qo * obi + q, rc, rkh, rkw, T.ramp(0, 1, width)])
                 for q in T.unroll(obi):
-                    for jj in T.unroll(jt):
-                        if jo * jt + jj < ow:
-                            c0 = (qo * obi + q) * lanes
-                            j = jo * jt + jj
-                            if c0 + lanes <= channels:
-                                for t in T.vectorized(lanes):
-                                    out[b, c0 + t, i, j] = epilogue(
-                                        a[(q * jt + jj) * lanes + t], b, c0 + t, i, j)
+                    for t in T.unroll(lanes):
+                        if (qo * obi + q) * lanes + t < channels:
+                            o = (qo * obi + q) * lanes + t
+                            if (jo + 1) * jt <= ow:
+                                for jj in T.vectorized(jt):
+                                    out[b, o, i, jo * jt + jj] = epilogue(
+                                        a[(q * jt + jj) * lanes + t], b, o, i, jo * jt + jj)
                             else:
-                                for t in range(lanes):
-                                    if c0 + t < channels:
-                                        out[b, c0 + t, i, j] = epilogue(
-                                            a[(q * jt + jj) * lanes + t], b, c0 + t, i, j)
+                                for jj in range(jt):
+                                    if jo * jt + jj < ow:
+                                        out[b, o, i, jo * jt + jj] = epilogue(
+                                            a[(q * jt + jj) * lanes + t], b, o, i, jo * jt + jj)
     return conv.body
 
 
