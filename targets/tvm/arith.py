@@ -241,3 +241,48 @@ def let(value, body, name: str = "t"):
     # that is bounded by its value in one place and unbounded in another; an opaque
     # same-type reinterpret (no instruction) makes the bound the whole type everywhere
     return tir.Let(v, tir.call_intrin(dt, "tirx.reinterpret", value), body(v))
+
+
+# ---- integer LayerNorm pieces (exact float64 division rounded half away) ------------------------
+
+#: round_away_quotient_f64 is exact while |c| scale <= F64_DIV_MAX_NUM and den <= F64_DIV_MAX_DEN.
+F64_DIV_MAX_NUM = 1 << 49
+F64_DIV_MAX_DEN = 1 << 31
+
+
+def round_away_row_constants(den, scale: int):
+    """(k, h) for round_away_quotient_f64 from `den`, a float64 expression holding the row's
+    divisor, an integer in [1, 2**31]: k = fl(scale / den), h = fl(1/2 + fl(1/(4 den)))."""
+    den = expr(den)
+    k = tir.const(float(scale), F64) / den
+    h = tir.const(0.5, F64) + tir.const(0.25, F64) / den
+    return k, h
+
+
+def round_away_quotient_f64(c, k, h):
+    """div_round_away(c scale, den) as int32, exactly, from an int32 expression `c` and the
+    row constants (k, h) of round_away_row_constants: sign(c) trunc(fl(|c| k + h)). One
+    multiply-add per element: no division, no integer correction.
+
+    Preconditions: a = |c| scale <= 2**49, den an integer in [1, 2**31], scale <= 2**53, and
+    a quotient below 2**31 in magnitude. Why the result is exact (u = 2**-53):
+    - The magnitude wanted is m = floor(Q + 1/2), Q = a / den. Write 2a + den = 2 den m + j
+      with 0 <= j < 2 den: then Q + 1/2 + 1/(4 den) = m + (2j + 1) / (4 den), which lies in
+      [m + 1/(4 den), m + 1 - 1/(4 den)]. So any s within less than 1/(4 den) of
+      Q + 1/2 + 1/(4 den) has floor(s) = m: the bias 1/(4 den) turns the exact ties
+      (j = 0, rounded up, away from zero) into ordinary points of [m, m + 1).
+    - |c| and scale are integers below 2**53, exact in float64; k = (scale / den)(1 + e1), so
+      fl(|c| k) = Q (1 + e1)(1 + e2) is within 2.01 Q u of Q. h is within
+      2**-54 + 2**-55 < u of 1/2 + 1/(4 den) (1/(4 den) <= 1/4 carries a relative error u,
+      the sum h < 1 half an ulp, 2**-54). The last sum (or a fused multiply-add, which is
+      closer) adds at most (Q + 1) 1.01 u. In all, s is within (3.02 Q + 2.02) u of the
+      biased value, and 4 den (3.02 Q + 2.02) u < 1 since 12.08 a + 8.08 den
+      <= 12.08 2**49 + 8.08 2**31 < 2**53.
+    - s > 0, so truncation to int32 is the floor, and m < 2**31 fits; so does -m.
+    The vector code per four elements is vcvtdq2pd, vandpd, vfmadd, vcvttpd2dq, then one
+    int32 negate and blend per eight."""
+    cv = i32(c)
+    # the magnitude in float64 (vandpd): TVM rewrites an integer abs into a Select on c's sign
+    # and hoists the outer Select over it, which would compute the quotient twice
+    m = (tir.abs(cv.astype(F64)) * expr(k) + expr(h)).astype(I32)
+    return tir.Select(cv < tir.const(0, I32), -m, m)

@@ -30,7 +30,6 @@ from tvm import te
 from tvm import tirx as tir
 
 from qcompile.ir.graph import Node, Value
-from qcompile.ir.ops.defs.integer_transformer import ISQRT_ITERATIONS
 from qcompile.ir.types import int_bits, int_range, is_signed
 
 from . import arith
@@ -231,26 +230,85 @@ def _centred_constant(node: Node, v: Value, what: str, norm_shape: tuple) -> np.
 
 
 def _isqrt_stages(n: te.Tensor, shape: tuple) -> te.Tensor:
-    """floor(sqrt(n)) of an int64 tensor with values in [0, 2**62): integer_transformer.isqrt,
-    one stage per step (each Newton step reads x three times)."""
-    rb = te.reduce_axis((0, 63), "rbit")
-    one = tir.const(1, I64)
-    bits = te.compute(shape, lambda *i: te.sum(
-        tir.Select((n(*i) >> rb.var.astype(I64)) > tir.const(0, I64), one, tir.const(0, I64)),
-        axis=rb), name="bits")
-    x = te.compute(shape, lambda *i: one << ((bits(*i) + one) >> one), name="isqrt0")
-    def newton(x: te.Tensor) -> Callable:
-        return lambda *i: tir.min(x(*i), (x(*i) + tir.floordiv(n(*i), tir.max(x(*i), one))) >> one)
-    for step in range(ISQRT_ITERATIONS):
-        x = te.compute(shape, newton(x), name=f"isqrt{step + 1}")
-    return te.compute(shape, lambda *i: x(*i) - tir.Select(
-        x(*i) * x(*i) > n(*i), one, tir.const(0, I64)), name="isqrt")
+    """floor(sqrt(n)) of an int64 tensor with values in [0, 2**62), exactly as
+    integer_transformer.isqrt, from one float64 square root and two integer corrections
+    (instead of its Newton steps, whose 64-bit divisions are scalar code).
+
+    Why it is exact: fl(n) = n (1 + e), |e| <= 2**-53, and sqrt is correctly rounded, so
+    s = fl(sqrt(fl(n))) is within sqrt(n) (2**-54 + 2**-53 + 2**-105) < 2**31 2**-52.4 < 2**-21
+    of sqrt(n) < 2**31. Two reals less than 1 apart have floors at most 1 apart, so
+    x0 = floor(s) is t - 1, t or t + 1 for t = floor(sqrt(n)) (x0 >= 0: s >= 0). Then
+    x1 = x0 - [x0**2 > n] is t or t - 1 (it lowers only t + 1, and t**2 <= n), and
+    x1 + [(x1 + 1)**2 <= n] is t ((t + 1)**2 > n). Every square is below (2**31 + 2)**2 < 2**63,
+    so none overflows int64. (A closer look shows s >= t always, so the last step never fires
+    in practice; it costs one operation per row and keeps the proof short.)"""
+    one, zero = tir.const(1, I64), tir.const(0, I64)
+    x0 = te.compute(shape, lambda *i: tir.floor(tir.sqrt(n(*i).astype(F64))).astype(I64),
+                    name="sqrt_f64")
+    x1 = te.compute(shape, lambda *i: x0(*i) - tir.Select(
+        x0(*i) * x0(*i) > n(*i), one, zero), name="sqrt_down")
+    return te.compute(shape, lambda *i: x1(*i) + tir.Select(
+        (x1(*i) + one) * (x1(*i) + one) <= n(*i), one, zero), name="isqrt")
+
+
+def _code_bounds(node: Node, x: Value, n: int) -> dict:
+    """Build-time bounds of qlayer_norm's per-element values, from the input's code range and
+    zero points, N and frac_bits: which stages may run in int32 or in float64 exactly.
+
+    d = q - zx lies in [dlo, dhi]; |sum d| <= N max|d|; c = N d - sum d = sum_j (d - d_j), so
+    |c| <= (N - 1) (dhi - dlo). Since sum c = 0, v = sum c**2 >= c_i**2 N / (N - 1) (Cauchy-
+    Schwarz on the other N - 1 terms), so r >= floor(|c_i| N / sqrt(N - 1)) >= |c_i| N /
+    (2 sqrt(N - 1)) when c_i != 0 (that value is >= 2), and |z| <= 2 sqrt(N - 1) 2**F + 1/2."""
+    lo, hi = _dtype_range(x.dtype)
+    zps = [int(z) for z in _quant(x, node, "input").zero_point]
+    dlo, dhi = lo - max(zps), hi - min(zps)
+    dabs = max(abs(dlo), abs(dhi))
+    frac = node.attrs["frac_bits"]
+    cmax = (n - 1) * (dhi - dlo)
+    d32 = arith.fits32(dlo, dhi) and arith.fits32(min(zps), max(zps))
+    # the sum and N d each within N max|d|, and c itself, fit int32
+    c32 = d32 and n * dabs <= arith.INT32_HI and cmax <= arith.INT32_HI
+    # 2 sqrt(N - 1) 2**F <= 2**31 - 2, in integers: then |z| < 2**31 - 1
+    z32 = 4 ** (frac + 1) * (n - 1) <= ((1 << 31) - 2) ** 2
+    f64 = c32 and z32 and cmax * (n << frac) <= arith.F64_DIV_MAX_NUM \
+        and (n << frac) <= 1 << 53
+    return {"d32": d32, "c32": c32, "f64": f64}
+
+
+def _centred_x32(k: Kernel, x: Value, rank: int) -> IndexFn:
+    """fn(index of x) -> int32 q - zx (the caller checked that every value and zero point fits
+    int32)."""
+    t = k.value(x, "x")
+    zp = k.table("x.zp", x.quant.zero_point, I32)
+    axis = (x.quant.axis or 0) % max(rank, 1)
+    if isinstance(zp, int):
+        return lambda idx: t(*idx).astype(I32) - tir.const(zp, I32)
+    return lambda idx: t(*idx).astype(I32) - k.read(zp, idx[axis], I32)
+
+
+def _table32(k: Kernel, low: Lowering, name: str, data: np.ndarray, what: str):
+    """A constant table as int32 when every entry fits, else int64: (placeholder, is int32)."""
+    fits = bool(data.size == 0 or arith.fits32(int(data.min()), int(data.max())))
+    dt = I32 if fits else I64
+    return k.input(low.param(name, data.astype(np.int32 if fits else np.int64)), data.shape,
+                   dt, what), fits
 
 
 @tvm_op("qlayer_norm")
 def lower_qlayer_norm(low: Lowering, node: Node, _rq=None):
-    """Stages: sum d, c = N d - sum, sum c**2, n = N (v + eps), isqrt (9 stages), divisor, z,
-    out."""
+    """Stages: sum d, c = N d - sum, sum c**2, n = N (v + eps), isqrt (3 stages), the divisor
+    r (at least 1) and its row constants, out (z, z g + b, requantize, clamp).
+
+    Per element the kernel stays in int32 and float64 wherever `_code_bounds` proves that
+    exact (AVX2 has no 64-bit multiply, arithmetic shift, min, max or division, so int64
+    element-wise code is scalar): d and c in int32; z = div_round_away(c N 2**F, r) by one
+    float64 multiply-add per element (arith.round_away_quotient_f64, exact while
+    |c| N 2**F <= 2**49 and |z| < 2**31), computed inside the output stage; acc = z g + b as
+    a product whose low 32 bits are kept (the interpreter checks that acc fits int32, so they
+    are acc), then requantize32 and an int32 clamp. Where a bound fails (wide codes, huge N or
+    frac_bits, gamma/beta tables beyond int32) that step keeps the int64 formula, z the int64
+    division in a stage of its own. r = 0 only when v = 0, i.e. every c of the row is 0:
+    the divisor 1 then gives z = 0, as the interpreter's Select does."""
     x, gamma, beta = node.inputs
     a = node.attrs
     shape = low.shape(x)
@@ -261,34 +319,59 @@ def lower_qlayer_norm(low: Lowering, node: Node, _rq=None):
     n = int(np.prod(norm_shape, dtype=np.int64))
     g = _centred_constant(node, gamma, "gamma", norm_shape)
     b = _centred_constant(node, beta, "beta", norm_shape)
+    bounds = _code_bounds(node, x, n)
     k = low.kernel(node)
-    xt, dfn = centred_input(k, x, node, "x")
-    gt = k.input(low.param(f"{node.name}.gamma_c", g), g.shape, I64, "gamma")
-    bt = k.input(low.param(f"{node.name}.beta_c", b), b.shape, I64, "beta")
+    if bounds["c32"]:
+        dfn, cdt = _centred_x32(k, x, rank), I32
+    else:
+        dfn, cdt = centred_input(k, x, node, "x")[1], I64
+    gt, g32 = _table32(k, low, f"{node.name}.gamma_c", g, "gamma")
+    bt, b32 = _table32(k, low, f"{node.name}.beta_c", b, "beta")
     row_shape = _kept(shape, axes)
     row = lambda idx: _row(idx, axes)  # noqa: E731
 
     rs, full = _row_reduce(shape, axes, "d")
     total = te.compute(row_shape, lambda *r: te.sum(dfn(full(r)), axis=rs), name="sum")
-    c = te.compute(shape, lambda *i: tir.const(n, I64) * dfn(i) - total(*row(i)), name="c")
+    c = te.compute(shape, lambda *i: tir.const(n, cdt) * dfn(i) - total(*row(i)), name="c")
+    c_at = lambda i: c(*i)  # noqa: E731
     rs, full = _row_reduce(shape, axes, "v")
-    var = te.compute(row_shape, lambda *r: te.sum(c(*full(r)) * c(*full(r)), axis=rs),
-                     name="var")
+    var = te.compute(row_shape, lambda *r: te.sum(i64(c_at(full(r))) * i64(c_at(full(r))),
+                                                  axis=rs), name="var")
     nv = te.compute(row_shape, lambda *r: tir.const(n, I64) * (
         var(*r) + tir.const(a["eps_int"], I64)), name="n")
     root = _isqrt_stages(nv, row_shape)
-    scale = tir.const(n << a["frac_bits"], I64)
+    scale = n << a["frac_bits"]
     # Both Select branches run (vector code), so the divisor is a stage of its own: inside
     # Select(r > 0, ...) the simplifier would rewrite max(r, 1) to r, and r = 0 would trap.
     divisor = te.compute(row_shape, lambda *r: tir.max(root(*r), tir.const(1, I64)), name="den")
-    z = te.compute(shape, lambda *i: tir.Select(
-        root(*row(i)) > tir.const(0, I64),
-        arith.div_round_away(c(*i) * scale, divisor(*row(i))), tir.const(0, I64)), name="z")
-    fin = finish_output(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+    if bounds["f64"]:
+        # r < 2**31 (N (v + eps) < 2**62), so its float64 value is exact
+        den_f = te.compute(row_shape, lambda *r: divisor(*r).astype(F64), name="denf")
+        consts = lambda *r: arith.round_away_row_constants(den_f(*r), scale)  # noqa: E731
+        kq = te.compute(row_shape, lambda *r: consts(*r)[0], name="kq")
+        bias = te.compute(row_shape, lambda *r: consts(*r)[1], name="bias")
+        # computed inside the output stage: no int32 z buffer to write and read back
+        z_at = lambda i: arith.round_away_quotient_f64(  # noqa: E731
+            c_at(i), kq(*row(i)), bias(*row(i)))
+    else:
+        z = te.compute(shape, lambda *i: tir.Select(
+            root(*row(i)) > tir.const(0, I64),
+            arith.div_round_away(i64(c_at(i)) * tir.const(scale, I64), divisor(*row(i))),
+            tir.const(0, I64)), name="z")
+        z_at = lambda i: z(*i)  # noqa: E731
 
-    def out_fn(*i):
-        acc = z(*i) * gt(*i[ax:]) + bt(*i[ax:])
-        return fin(_rescale(acc, a["multiplier"], a["shift"], a["rounding"]), i)
+    if bounds["f64"] and g32 and b32:
+        fin32 = finish_output32(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+
+        def out_fn(*i):
+            acc = i32(i64(z_at(i)) * i64(gt(*i[ax:])) + i64(bt(*i[ax:])))
+            return fin32(arith.requantize32(acc, a["multiplier"], a["shift"], a["rounding"]), i)
+    else:
+        fin = finish_output(k, node, a["clamp_min"], a["clamp_max"], a["dtype"])
+
+        def out_fn(*i):
+            acc = i64(z_at(i)) * i64(gt(*i[ax:])) + i64(bt(*i[ax:]))
+            return fin(_rescale(acc, a["multiplier"], a["shift"], a["rounding"]), i)
     return k.finish(te.compute(shape, out_fn, name="out"))
 
 
