@@ -1,7 +1,7 @@
 """One fused MAC + requantize kernel of the TVM backend, with the older kernel beside the new
 one in the same run: qlinear on MiniLM shapes (the vpmaddwd GEMM against the row-vectorised
 dense kernel), convolutions on ResNet-18/MobileNetV2 shapes (the vpmaddwd direct conv against
-the vpmulld packed conv) and depthwise convolutions (channel lanes against row vectors).
+the vpmulld packed conv) and depthwise convolutions (the pixel-lanes kernel against the plain row-vectorised one).
 
     python benchmarks/tvm_kernels.py [--runs 40] [--threads 2]
 
@@ -72,7 +72,7 @@ def main() -> None:
     cases += [(f"conv {k}x{k} {s[1]}->{o} @{s[2]}" + (f" s{st}" if st > 1 else ""), "PMADD_CONV",
                *conv_graph(s, o, k, st)) for s, o, k, st in CONVS]
     cases += [(f"depthwise 3x3 {s[1]} @{s[2]}" + (f" s{st}" if st > 1 else ""),
-               "DEPTHWISE_LANES", *conv_graph(s, s[1], 3, st, groups=s[1]))
+               "DEPTHWISE_ROWS", *conv_graph(s, s[1], 3, st, groups=s[1]))
               for s, st in DEPTHWISE]
     print(f"{'kernel':34s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")
     for label, switch, g, x in cases:

@@ -145,8 +145,9 @@ def test_pmadd_conv_edges_with_extreme_codes(shape, o, kw):
     _check(g, _codes(x, np.random.default_rng(o), extreme=True), packed=True)
 
 
-def _lanes_used(module) -> bool:
-    return any(name.endswith(".lanes") for name in module.params)
+def _rows_used(module) -> bool:
+    """Whether a depthwise conv took the pixel-lanes kernel (its weights are `<w>.rows`)."""
+    return any(name.endswith(".rows") for name in module.params)
 
 
 DEPTHWISE = [
@@ -157,12 +158,15 @@ DEPTHWISE = [
     ((1, 8, 11, 26), dict(k=(3, 5), dilation=(2, 1), padding=(2, 0, 1, 3))),
     ((1, 3, 7, 7), dict(k=5, padding=(2, 2, 2, 2))),
     ((1, 9, 4, 3), dict(k=3)),
+    # stride 2 across columns only, dilated: taps in both column phases at offsets 0 and 1
+    ((1, 5, 9, 40), dict(k=3, stride=(1, 2), dilation=(1, 3), padding=(0, 3, 1, 2))),
+    ((1, 7, 6, 70), dict(k=(1, 4), stride=(2, 1), padding=(0, 0, 0, 1))),  # 3 tiles per row
 ]
 
 
 @pytest.mark.parametrize("case", range(len(DEPTHWISE)))
 @pytest.mark.parametrize("dtype,zp", [("u8", 255), ("i8", -128), ("u8", 3), ("i16", 0)])
-def test_depthwise_channel_lanes_is_bit_exact(case, dtype, zp):
+def test_depthwise_pixel_lanes_is_bit_exact(case, dtype, zp):
     shape, kw = DEPTHWISE[case]
     b = IntGraphBuilder("dw", seed=case, rounding="gemmlowp_double")
     x = _input(b, shape, dtype, zp)
@@ -174,8 +178,8 @@ def test_depthwise_channel_lanes_is_bit_exact(case, dtype, zp):
     xs = _codes(x, np.random.default_rng(case), extreme=zp != 3)
     for r, o in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
         np.testing.assert_array_equal(r, o)
-    if HOST_PACKS:  # stride 2 takes the plain kernel (faster there, see ops.lower_qconv2d)
-        assert _lanes_used(module) == (kw.get("stride", 1) == 1)
+    if HOST_PACKS:  # column strides 1 and 2 take the pixel-lanes kernel
+        assert _rows_used(module)
 
 
 def test_depthwise_fallbacks_stay_exact(monkeypatch):
@@ -185,12 +189,12 @@ def test_depthwise_fallbacks_stay_exact(monkeypatch):
                  b.conv(x, 20, k=3, groups=10))   # channel multiplier 2: the plain kernel
     xs = _codes(x, np.random.default_rng(6))
     ref = qcompile.run(g, [xs], mode="int")
-    for lanes in (True, False):
-        monkeypatch.setattr(tvm_ops, "DEPTHWISE_LANES", lanes)
+    for rows in (True, False):
+        monkeypatch.setattr(tvm_ops, "DEPTHWISE_ROWS", rows)
         module = qtvm.build(g, None, batch=1)
         for r, o in zip(ref, module(xs)):
             np.testing.assert_array_equal(r, o)
-        assert _lanes_used(module) == (lanes and HOST_PACKS)
+        assert _rows_used(module) == (rows and HOST_PACKS)
 
 
 @pytest.mark.parametrize("dtype", ["i16", "u8"])

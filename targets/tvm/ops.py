@@ -300,9 +300,9 @@ PMADD_GEMM = True
 #: Packed convs run the vpmaddwd kernel (schedules.pmadd_conv); False selects the older
 #: vpmulld packed kernel (kept for comparison and as a fallback).
 PMADD_CONV = True
-#: Depthwise convs run the channel-lanes kernel (schedules.depthwise_lanes) on x86; False
-#: selects the plain row-vectorised kernel.
-DEPTHWISE_LANES = True
+#: Depthwise convs with a column stride of 1 or 2 run the pixel-lanes kernel
+#: (schedules.depthwise_rows) on x86; False selects the plain row-vectorised kernel.
+DEPTHWISE_ROWS = True
 
 
 def _pack_conv_pmadd(wc: np.ndarray, lanes: int, block: int) -> np.ndarray:
@@ -370,58 +370,43 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
-def _lower_depthwise_lanes(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
-                           const: np.ndarray, zx: int):
-    """Depthwise qconv2d (one output channel per input channel) with channels in the vector
-    lanes (schedules.depthwise_lanes); x86 with an int32 accumulator.
+def _row_tile(n: int, most: int = 7) -> int:
+    """Vectors per register tile of a row of `n` vectors: all of them when they fit, else the
+    tile (at most `most`) that wastes the fewest lanes on the last tile."""
+    if n <= most:
+        return n
+    return min(range(most, 1, -1), key=lambda t: (-(-n // t) * t - n, -t))
 
-    pad:  x padded with zx, as blocks of L channels: (N, C/L, Hp, Wx, L), int16 or int32
-    gemm: per output row, int32 sums of L channels per vector, then + the folded constant
-          and the requantize epilogue into the NCHW output."""
-    from .schedules import depthwise_lanes
+
+def _lower_depthwise_rows(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
+                          const: np.ndarray, zx: int):
+    """Depthwise qconv2d with output pixels in the vector lanes (schedules.depthwise_rows);
+    x86 with an int32 accumulator and a column stride of 1 or 2. One kernel: per channel,
+    the padded plane, then int32 sums of L pixels per vector, + the folded constant, and the
+    requantize epilogue into the NCHW output."""
+    from .schedules import depthwise_rows
     x = node.inputs[0]
     a = node.attrs
     lanes = _mac_lanes(low)
-    n_, c, h, wd = low.shape(x)
-    _, _, kh, kw = wc.shape
     out_shape = low.shape(node.output)
-    _, _, oh, ow = out_shape
-    sh, sw = a["stride"]
-    dh, dw = a["dilation"]
-    top, left, bottom, right = a["padding"]
-    # jt accumulators + a weight and an input vector in the 16 vector registers
-    jt = _tile_width(ow, (12, 8, 6, 7, 10, 5, 4, 3, 2))
-    owx = -(-ow // jt) * jt
-    hp = h + top + bottom
-    wx = max(wd + left + right, (owx - 1) * sw + (kw - 1) * dw + 1)
-    cb = -(-c // lanes)
-    # int16 storage where every value fits (x codes, zx, centred weights): the kernel
-    # widens on load, so this only halves the bytes the pad stage writes and the kernel reads
+    ow = out_shape[3]
+    jt = _row_tile(-(-ow // lanes))
     lo, hi = int_range(int_bits(x.dtype), is_signed(x.dtype))
     xdt = "int16" if _fits_i16(min(lo, zx), max(hi, zx)) else "int32"
-    wdt = "int16" if not wc.size or _fits_i16(int(wc.min()), int(wc.max())) else "int32"
-    wl = np.zeros((cb * lanes, kh, kw), dtype=wdt)
-    wl[:c] = wc[:, 0]
-    wl = np.ascontiguousarray(wl.reshape(cb, lanes, kh, kw).transpose(0, 2, 3, 1))
+    wl = np.ascontiguousarray(wc[:, 0].astype("int32"))
 
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
-    wt = k.input(low.param(f"{node.inputs[1].name}.lanes", wl), wl.shape, wdt, "w")
+    wt = k.input(low.param(f"{node.inputs[1].name}.rows", wl), wl.shape, "int32", "w")
     n_in = len(k.placeholders)
-    ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (c,), "int32", "c")
+    ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (out_shape[1],),
+                 "int32", "c")
     epilogue = _mac_epilogue(low, k, node, rq, ct, 1, 4)
     tables = k.placeholders[n_in:]
-
-    def pad_fn(b, q, i, j, l):
-        ch = q * lanes + l
-        inside = tir.all(i >= top, i < top + h, j >= left, j < left + wd, ch < c)
-        v = xt[b, tir.min(ch, c - 1), tir.min(tir.max(i - top, 0), h - 1),
-               tir.min(tir.max(j - left, 0), wd - 1)].astype(xdt)
-        return tir.if_then_else(inside, v, tir.const(zx, xdt))
-    pad = te.compute((n_, cb, hp, wx, lanes), pad_fn, name="pad")
-    out = _fused_extern(k, [pad, wt], tables, out_shape, _mac_dtype(rq),
-                        lambda xp, wb, ob_: depthwise_lanes(xp, wb, ob_, jt, lanes, (sh, sw),
-                                                            (dh, dw), c, ow, epilogue))
+    out = _fused_extern(k, [xt, wt], tables, out_shape, _mac_dtype(rq),
+                        lambda xb, wb, ob_: depthwise_rows(
+                            xb, wb, ob_, jt, lanes, a["stride"], a["dilation"], a["padding"],
+                            zx, xdt, epilogue))
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
@@ -446,12 +431,9 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
             return _lower_qconv2d_pmadd(low, node, rq, wc, const, zx)
         return _lower_qconv2d_packed(low, node, rq, wc, const, zx)
 
-    # stride 1 only: at stride 2 the lanes kernel's NCHWc copy of the whole input costs more
-    # than the plain kernel's strided row loads (benchmarks/tvm_kernels.py: MobileNetV2's
-    # 96-channel 112x112 stride-2 depthwise, 1.10 ms against 0.84 ms)
-    if DEPTHWISE_LANES and groups == c == o and cg == 1 and acc_dt == "int32" \
-            and _mac_lanes(low) and a["stride"] == (1, 1):
-        return _lower_depthwise_lanes(low, node, rq, wc, const, zx)
+    if DEPTHWISE_ROWS and groups == c == o and cg == 1 and acc_dt == "int32" \
+            and _mac_lanes(low) and sw in (1, 2):
+        return _lower_depthwise_rows(low, node, rq, wc, const, zx)
 
     k = low.kernel(node, "+requantize" if rq is not None else "")
     xt = k.value(x, "x")
