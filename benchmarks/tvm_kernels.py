@@ -1,7 +1,8 @@
 """One fused MAC + requantize kernel of the TVM backend, with the older kernel beside the new
 one in the same run: qlinear on MiniLM shapes (the vpmaddwd GEMM against the row-vectorised
 dense kernel), convolutions on ResNet-18/MobileNetV2 shapes (the vpmaddwd direct conv against
-the vpmulld packed conv) and depthwise convolutions (the pixel-lanes kernel against the plain row-vectorised one).
+the vpmulld packed conv) and depthwise convolutions (the pixel-lanes kernel against the plain row-vectorised one) and
+1x1 convolutions on large maps (the pixel-lanes vpmaddwd kernel against pmadd_conv).
 
     python benchmarks/tvm_kernels.py [--runs 40] [--threads 2]
 
@@ -34,6 +35,8 @@ LINEARS = [((128, 384), 384), ((128, 384), 1536), ((128, 1536), 384), ((8, 128, 
 CONVS = [((1, 64, 56, 56), 64, 3, 1), ((1, 256, 14, 14), 256, 3, 1), ((1, 144, 28, 28), 32, 1, 1),
          ((1, 576, 14, 14), 96, 1, 1), ((1, 16, 112, 112), 96, 1, 1)]
 DEPTHWISE = [((1, 144, 56, 56), 1), ((1, 384, 14, 14), 1), ((1, 96, 112, 112), 2)]
+POINTWISE = [((1, 16, 112, 112), 96), ((1, 24, 56, 56), 144), ((1, 144, 56, 56), 24),
+             ((1, 32, 28, 28), 192), ((1, 96, 14, 14), 576)]
 
 
 def linear_graph(shape, o):
@@ -51,10 +54,14 @@ def conv_graph(shape, o, k, stride, groups=1):
 
 def time_kernel(g, x, switch: str, new: bool) -> float:
     setattr(tvm_ops, switch, new)
+    # the conv cases compare pmadd_conv with the older kernel, so 1x1 convs stay off the
+    # pixel-lanes kernel there
+    tvm_ops.POINTWISE = new if switch == "POINTWISE" else False
     try:
         module = qtvm.build(g, None, batch=x.shape[0])
     finally:
         setattr(tvm_ops, switch, True)
+        tvm_ops.POINTWISE = True
     xs = np.random.default_rng(1).integers(0, 256, x.shape).astype(np.uint8)
     for r, o in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
         np.testing.assert_array_equal(r, o)  # both kernels are the op, bit for bit
@@ -74,6 +81,8 @@ def main() -> None:
     cases += [(f"depthwise 3x3 {s[1]} @{s[2]}" + (f" s{st}" if st > 1 else ""),
                "DEPTHWISE_ROWS", *conv_graph(s, s[1], 3, st, groups=s[1]))
               for s, st in DEPTHWISE]
+    cases += [(f"pointwise 1x1 {s[1]}->{o} @{s[2]}", "POINTWISE", *conv_graph(s, o, 1, 1))
+              for s, o in POINTWISE]
     print(f"{'kernel':34s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")
     for label, switch, g, x in cases:
         old, new = time_kernel(g, x, switch, False), time_kernel(g, x, switch, True)

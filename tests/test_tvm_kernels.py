@@ -145,6 +145,25 @@ def test_pmadd_conv_edges_with_extreme_codes(shape, o, kw):
     _check(g, _codes(x, np.random.default_rng(o), extreme=True), packed=True)
 
 
+@pytest.mark.parametrize("shape,o,dtype", [
+    ((2, 7, 29, 31), 10, "u8"),    # odd C, a partial block of 6 channels, a pixel tail
+    ((1, 16, 14, 15), 20, "i8"),   # a small map that widens: blocks of 4
+    ((1, 64, 28, 28), 24, "i16"),  # 16-bit codes, pixels a whole number of tiles
+])
+def test_pointwise_pixel_lanes_is_bit_exact(shape, o, dtype):
+    b = IntGraphBuilder("pw", seed=o, rounding="gemmlowp_double")
+    x = _input(b, shape, dtype, 0 if dtype == "i16" else 5)
+    g = b.output(b.requant(b.conv(x, o, k=1, weight_zp=True), relu=True),
+                 b.conv(x, o + 1, k=1, acc_bits=19), b.requant(b.conv(x, o, k=1), dtype="u8"))
+    _extreme_weights(g)
+    module = qtvm.build(g, None, batch=shape[0])
+    xs = _codes(x, np.random.default_rng(o), extreme=True)
+    for r, out in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
+        np.testing.assert_array_equal(r, out)
+    if mac_lanes(make_target(None)) == 8:
+        assert sum(name.endswith(".pairs") for name in module.params) == 3
+
+
 def _rows_used(module) -> bool:
     """Whether a depthwise conv took the pixel-lanes kernel (its weights are `<w>.rows`)."""
     return any(name.endswith(".rows") for name in module.params)

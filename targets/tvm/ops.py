@@ -303,6 +303,9 @@ PMADD_CONV = True
 #: Depthwise convs with a column stride of 1 or 2 run the pixel-lanes kernel
 #: (schedules.depthwise_rows) on x86; False selects the plain row-vectorised kernel.
 DEPTHWISE_ROWS = True
+#: 1x1 stride-1 convs on large maps run the pixel-lanes kernel (see POINTWISE_PIXELS);
+#: False sends them to pmadd_conv.
+POINTWISE = True
 
 
 def _pack_conv_pmadd(wc: np.ndarray, lanes: int, block: int) -> np.ndarray:
@@ -370,6 +373,64 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
+#: 1x1 stride-1 convs run the pixel-lanes kernel (schedules.pmadd_pointwise) from this many
+#: pixels on, and from POINTWISE_MIN_PIXELS when they widen (C <= O); below that the
+#: channel-lanes kernel measured faster (benchmarks/tvm_kernels.py; at 14x14 384->64 ran
+#: 0.83x, 96->576 1.2x). Small maps waste lanes on the last tile and have few tiles to share
+#: between threads.
+POINTWISE_PIXELS = 784
+POINTWISE_MIN_PIXELS = 196
+
+
+def _lower_qconv2d_pointwise(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
+                             const: np.ndarray, zx: int):
+    """A 1x1, stride-1, unpadded qconv2d on the pixel-lanes vpmaddwd kernel
+    (schedules.pmadd_pointwise).
+
+    pairs: x as (N, C/2, Px) int32, two channels per word, pixels rounded up to whole tiles
+    gemm:  per tile of pixels, int32 sums of L pixels per vector for blocks of output
+           channels, then + the folded constant and the requantize epilogue into NCHW."""
+    from .schedules import pmadd_pointwise
+    x = node.inputs[0]
+    lanes = _mac_lanes(low)
+    n_, c, h, wd = low.shape(x)
+    o = wc.shape[0]
+    out_shape = low.shape(node.output)
+    # ot x pv accumulators + pv input vectors + a broadcast in the 16 vector registers
+    ot, pv = (4 if o % 6 and o % 4 == 0 else 6), 2
+    tile = pv * lanes
+    px = -(-(h * wd) // tile) * tile
+    cp = -(-c // 2)
+    ob = -(-o // ot) * ot
+    pairs16 = np.zeros((ob, 2 * cp), dtype=np.int16)
+    pairs16[:o, :c] = wc[:, :, 0, 0]
+    # the two int16 weights of a pair as one int32 word (little-endian: the even channel low)
+    wq = np.ascontiguousarray(pairs16).view(np.int32).reshape(ob, cp)
+
+    k = low.kernel(node, "+requantize" if rq is not None else "")
+    xt = k.value(x, "x")
+    wt = k.input(low.param(f"{node.inputs[1].name}.pairs", wq), wq.shape, "int32", "w")
+    n_in = len(k.placeholders)
+    ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (o,), "int32", "c")
+    epilogue = _mac_epilogue(low, k, node, rq, ct, 1, 4,
+                             index=lambda b, oc, p: (b, oc, p // wd, p % wd))
+    tables = k.placeholders[n_in:]
+    mask = tir.const(0xFFFF, "int32")
+
+    def pair_fn(b, q, p):
+        pp = tir.min(p, h * wd - 1)   # pixels past the end: any value, never stored
+        i, j = pp // wd, pp % wd
+        lo = xt[b, q * 2, i, j].astype("int32") & mask
+        # the odd channel past an odd C meets zero weights: any value will do
+        hi = xt[b, tir.min(q * 2 + 1, c - 1), i, j].astype("int32") << tir.const(16, "int32")
+        return lo | hi
+    pairs = te.compute((n_, cp, px), pair_fn, name="pad")
+    out = _fused_extern(k, [pairs, wt], tables, out_shape, _mac_dtype(rq),
+                        lambda xq, wb, ob_: pmadd_pointwise(xq, wb, ob_, ot, pv, lanes, o,
+                                                            epilogue))
+    return k.finish(out, "conv_extern", {"lanes": lanes})
+
+
 def _row_tile(n: int, most: int = 7) -> int:
     """Vectors per register tile of a row of `n` vectors: all of them when they fit, else the
     tile (at most `most`) that wastes the fewest lanes on the last tile."""
@@ -427,6 +488,10 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     # Padding taps hold zx, so they contribute zx (w - zw) to the sum and cancel in the constant.
     const, acc_dt = _folded_constant(node, x, wc, bias, zx)
     if groups == 1 and _packable(low, x, wc, zx, acc_dt):
+        if POINTWISE and (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(a["padding"]) \
+                and _mac_lanes(low) == 8 and (h * wd >= POINTWISE_PIXELS or (
+                    h * wd >= POINTWISE_MIN_PIXELS and c <= o)):
+            return _lower_qconv2d_pointwise(low, node, rq, wc, const, zx)
         if PMADD_CONV:
             return _lower_qconv2d_pmadd(low, node, rq, wc, const, zx)
         return _lower_qconv2d_packed(low, node, rq, wc, const, zx)

@@ -452,6 +452,71 @@ def pmadd_conv(xp, w, out, obi: int, jt: int, lanes: int, stride: tuple, dilatio
     return conv.body
 
 
+def pmadd_pointwise(xq, w, out, ot: int, pv: int, lanes: int, channels: int, epilogue):
+    """The body of a hand-written 1x1 convolution (stride 1, no padding) with vpmaddwd and
+    output pixels in the vector lanes, in the NCHW layout the graph keeps:
+
+    xq   (N, C/2, Px) int32: the input's pixels (H*W, rounded up to whole tiles), two int16
+         channels per word (even channel in the low half);
+    w    (Ob, C/2) int32: per output channel (rounded up to whole blocks of `ot`) and channel
+         pair, its two weights as one word (the broadcast vpmaddwd operand);
+    out  the op's NCHW output, seen as (N, O, H*W): out[b, o, p] = epilogue(acc, b, o, p).
+    A task is a tile of pv*lanes pixels of one image, for every output channel in blocks
+    of `ot`; the tile's C/2 input words stay in L1 while the blocks run. Each step loads pv
+    input vectors, broadcasts ot weight words, and does ot*pv vpmaddwd + vpaddd into
+    accumulators that stay in registers. A finished vector goes through the epilogue with
+    its channel's constants, and its pixels are one contiguous store, where the
+    channel-lanes kernel (pmadd_conv) has to transpose each tile: with the few input
+    channels of MobileNetV2's expansion convs the epilogue is most of the work."""
+    from tvm.script import tirx as T
+
+    intrin, v32, v16 = _pmadd_intrinsic(lanes)
+    n_, cp, px = (int(d) for d in xq.shape)
+    ob = int(w.shape[0])
+    p = int(out.shape[2]) * int(out.shape[3])
+    tile = pv * lanes
+    assert px % tile == 0 and ob % ot == 0
+    pb = px // tile
+    tasks = _task_loop(n_ * channels * p * cp * 2)
+
+    @T.prim_func(check_well_formed=False)
+    def pointwise():
+        o3 = T.decl_buffer((n_, channels, p), out.dtype, data=out.data)
+        for task in tasks(n_ * pb):
+            # meta_var: a plain Let here becomes a 4-byte heap workspace per task
+            b = T.meta_var(task // pb)
+            p0 = T.meta_var(task % pb * tile)
+            for qo in range(ob // ot):
+                a = T.decl_buffer((ot * tile,), "int32", scope="global")
+                for t in T.unroll(ot * pv):
+                    a[T.ramp(t * lanes, 1, lanes)] = T.Broadcast(T.int32(0), lanes)
+                for k in range(cp):
+                    for q in T.unroll(ot):
+                        for v in T.unroll(pv):
+                            a[T.ramp((q * pv + v) * lanes, 1, lanes)] = \
+                                a[T.ramp((q * pv + v) * lanes, 1, lanes)] + \
+                                T.call_llvm_pure_intrin(
+                                    v32, intrin,
+                                    T.reinterpret(v16, xq[b, k, T.ramp(p0 + v * lanes, 1,
+                                                                       lanes)]),
+                                    T.reinterpret(v16, T.Broadcast(w[qo * ot + q, k], lanes)))
+                for q in T.unroll(ot):
+                    if qo * ot + q < channels:
+                        for v in T.unroll(pv):
+                            if p0 + (v + 1) * lanes <= p:
+                                for t in T.vectorized(lanes):
+                                    o3[b, qo * ot + q, p0 + v * lanes + t] = epilogue(
+                                        a[(q * pv + v) * lanes + t], b, qo * ot + q,
+                                        p0 + v * lanes + t)
+                            else:
+                                for t in range(lanes):
+                                    if p0 + v * lanes + t < p:
+                                        o3[b, qo * ot + q, p0 + v * lanes + t] = epilogue(
+                                            a[(q * pv + v) * lanes + t], b, qo * ot + q,
+                                            p0 + v * lanes + t)
+    return pointwise.body
+
+
 def depthwise_rows(x, w, out, jt: int, lanes: int, stride: tuple, dilation: tuple,
                    padding: tuple, zx: int, pad_dtype: str, epilogue):
     """The body of a hand-written depthwise convolution with output pixels in the vector lanes,
