@@ -375,9 +375,9 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
 
 #: 1x1 stride-1 convs run the pixel-lanes kernel (schedules.pmadd_pointwise) from this many
 #: pixels on, and from POINTWISE_MIN_PIXELS when they widen (C <= O); below that the
-#: channel-lanes kernel measured faster (benchmarks/tvm_kernels.py; at 14x14 384->64 ran
-#: 0.83x, 96->576 1.2x). Small maps waste lanes on the last tile and have few tiles to share
-#: between threads.
+#: channel-lanes pmadd_conv measured faster. Small maps waste lanes on the last tile and have
+#: few tiles to share between threads; with many input channels the multiply loop, where
+#: pmadd_conv reuses each load more, outweighs the epilogue.
 POINTWISE_PIXELS = 784
 POINTWISE_MIN_PIXELS = 196
 

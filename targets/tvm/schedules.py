@@ -533,8 +533,7 @@ def depthwise_rows(x, w, out, jt: int, lanes: int, stride: tuple, dilation: tupl
     jt contiguous loads (widened to int32) and multiply-adds. A finished vector goes through
     the epilogue with the channel's constants, and its pixels are one contiguous store.
     (An earlier kernel with channels in the lanes needed the input transposed to NCHW[L]c
-    and scattered its outputs back byte by byte, which cost more than its multiply-adds:
-    it ran 1.8x slower at stride 1 and 1.7x at stride 2 on MobileNetV2's shapes.)"""
+    and scattered its outputs back byte by byte, which cost more than its multiply-adds.)"""
     from tvm.script import tirx as T
 
     v32 = f"int32x{lanes}"
