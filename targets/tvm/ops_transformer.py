@@ -213,7 +213,8 @@ def lower_qsoftmax(low: Lowering, node: Node, _rq=None):
             y = tir.floordiv(i64(e(*idx)) * tir.const(1 << (kbits + 1), I64) + s,
                              s * tir.const(2, I64))
             return fin(i32(y), idx)
-    return k.finish(te.compute(shape, out, name="out"))
+    kind = "rows" if ax == rank - 1 else "elementwise"
+    return k.finish(te.compute(shape, out, name="out"), kind)
 
 
 # ---------------------------------------------------------------------------------- qlayer_norm
@@ -372,7 +373,7 @@ def lower_qlayer_norm(low: Lowering, node: Node, _rq=None):
         def out_fn(*i):
             acc = i64(z_at(i)) * i64(gt(*i[ax:])) + i64(bt(*i[ax:]))
             return fin(_rescale(acc, a["multiplier"], a["shift"], a["rounding"]), i)
-    return k.finish(te.compute(shape, out_fn, name="out"))
+    return k.finish(te.compute(shape, out_fn, name="out"), "rows" if ax == rank - 1 else "elementwise")
 
 
 # ---------------------------------------------------------------------------------- qgelu

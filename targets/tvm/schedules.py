@@ -70,6 +70,8 @@ def cpu_scheduler(target) -> Callable:
                     _elementwise(sch, block, lanes)
         elif kind in ("dense", "matmul"):
             _dense(sch, lanes)
+        elif kind == "rows":
+            _rows(sch, lanes)
         else:
             for block in _blocks(sch):
                 _elementwise(sch, block, lanes)
@@ -168,6 +170,55 @@ def _elementwise(sch, block, lanes: int) -> None:
     if n >= PARALLEL_MIN:
         # the rows in parallel; a lone row (1-D value): its vectors
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0] if outer else o)
+
+
+def _rows(sch, lanes: int) -> None:
+    """A kernel whose stages all work along the last axis, row by row (qsoftmax): every stage
+    moves under one parallel loop over the rows, so a row's intermediates (the i-exp codes,
+    its max and sum) stay in cache, or on the stack, between stages. The row's reductions
+    are split into `lanes` partial results (rfactor) reduced as vectors, and the
+    element-wise stages are vectorised along the row."""
+    if len(sch.get_loops(_blocks(sch)[-1])) < 2:  # a single row: stage by stage
+        for block in _blocks(sch):
+            _elementwise(sch, block, lanes)
+        return
+    partial = set()
+    for block in _blocks(sch)[:-1]:
+        if all(iv.iter_type == tir.IterVar.DataPar for iv in sch.get(block).iter_vars):
+            continue
+        red = sch.get_loops(block)[-1]
+        if _extent(sch, red) % lanes == 0 and _extent(sch, red) > lanes:
+            _, ri = sch.split(red, [None, lanes])
+            partial.add(sch.get(sch.rfactor(ri, 0)).name_hint)
+    blocks = _blocks(sch)
+    out = blocks[-1]
+    *outer, col = sch.get_loops(out)
+    row = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    size = _extent(sch, row) * _extent(sch, col)
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row, preserve_unit_loops=False)
+    for block in _blocks_under(sch, row):
+        loops = sch.get_loops(block)[1:]
+        if sch.get(block).name_hint in partial:
+            # (lanes, steps): the lanes loop innermost, as the vector
+            if len(loops) >= 2:
+                sch.reorder(loops[-1], loops[-2])
+            sch.vectorize(sch.get_loops(block)[-1])
+            continue
+        if not loops or any(iv.iter_type != tir.IterVar.DataPar
+                            for iv in sch.get(block).iter_vars):
+            continue
+        col = loops[-1]
+        vec = _divisor(_extent(sch, col), (lanes * 2, lanes))
+        if vec > 1:
+            _, inner = sch.split(col, [None, vec])
+            sch.vectorize(inner)
+    if size >= PARALLEL_MIN:
+        sch.parallel(row)
+
+
+def _blocks_under(sch, loop) -> list:
+    return list(sch.get_child_blocks(loop))
 
 
 def _has_let(stmt) -> bool:
