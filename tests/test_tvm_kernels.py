@@ -149,6 +149,7 @@ def test_pmadd_conv_edges_with_extreme_codes(shape, o, kw):
     ((2, 7, 29, 31), 10, "u8"),    # odd C, a partial block of 6 channels, a pixel tail
     ((1, 16, 14, 15), 20, "i8"),   # a small map that widens: blocks of 4
     ((1, 64, 28, 28), 24, "i16"),  # 16-bit codes, pixels a whole number of tiles
+    ((3, 10, 7, 7), 24, "u8"),     # 7x7 maps that widen: 49 pixels, 3 images
 ])
 def test_pointwise_pixel_lanes_is_bit_exact(shape, o, dtype):
     b = IntGraphBuilder("pw", seed=o, rounding="gemmlowp_double")
