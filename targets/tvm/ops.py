@@ -963,6 +963,21 @@ def _window_input(xt, h: int, w: int, top: int, left: int, bottom: int, right: i
     return fn
 
 
+def _every_window_hits(n_out: int, n_in: int, k: int, stride: int, dilation: int,
+                       before: int) -> bool:
+    """Whether every pooling window along one axis holds at least one input position and
+    the nearest edge position of each overrun tap lies inside its window: the window's taps
+    are start + t*dilation, so with dilation 1 (contiguous windows) and a window that starts
+    inside or ends inside the input, clamping a tap to the edge stays within the window."""
+    if dilation != 1:
+        return False
+    for o in range(n_out):
+        start = o * stride - before
+        if start + k - 1 < 0 or start > n_in - 1:
+            return False
+    return True
+
+
 @tvm_op("max_pool2d")
 def lower_max_pool2d(low: Lowering, node: Node, _rq=None):
     x = node.inputs[0]
@@ -980,8 +995,17 @@ def lower_max_pool2d(low: Lowering, node: Node, _rq=None):
     _, _, oh, ow = out_shape
     inside = (top == left == bottom == right == 0 and (oh - 1) * sh + (kh - 1) * dh < h
               and (ow - 1) * sw + (kw - 1) * dw < w)
-    src = (lambda b, ch, i, j: xt[b, ch, i, j]) if inside else \
-        _window_input(xt, h, w, top, left, bottom, right, lowest, lowest)
+    if inside:
+        src = lambda b, ch, i, j: xt[b, ch, i, j]  # noqa: E731
+    elif _every_window_hits(oh, h, kh, sh, dh, top) and _every_window_hits(ow, w, kw, sw, dw, left):
+        # A tap outside the input reads `lowest`, which never wins over the window's own
+        # values; reading the nearest edge element instead (which lies in the same window,
+        # the windows being contiguous) gives the same max, with no select per tap.
+        def src(b, ch, i, j):
+            return xt[b, ch, tir.max(tir.min(i - top, h - 1), 0),
+                      tir.max(tir.min(j - left, w - 1), 0)]
+    else:
+        src = _window_input(xt, h, w, top, left, bottom, right, lowest, lowest)
     if kh * kw <= 16:
         # a small window as an explicit max over its taps: an element-wise block, which the
         # element-wise schedule vectorises (a reduction block stays scalar); without padding

@@ -91,8 +91,16 @@ def mac_lanes(target) -> int:
 
 
 def _int32_lanes(target) -> int:
-    """int32 lanes of the widest vector register the target has (AVX-512 16, AVX2 8, else 4)."""
+    """int32 lanes of the widest vector register the target has (AVX-512 16, AVX2 8, else 4).
+
+    x86 asks for the features: LLVM reports a 512-bit vector width for AVX2-only CPUs such
+    as znver3, and 16-lane vectors then sent every row of 8 to 15 elements (small pooling
+    maps) to the flattened, gathering form of the element-wise schedule."""
     from tvm.target import codegen
+    if mac_lanes(target):
+        if codegen.target_has_features("avx512f", target):
+            return 16
+        return 8 if codegen.target_has_features("avx2", target) else 4
     try:
         bits = int(codegen.llvm_get_vector_width(target))
     except Exception:  # not every LLVM target reports it
