@@ -928,9 +928,14 @@ def lower_qprelu(low: Lowering, node: Node, _rq=None):
         xc = arith.i32(xt(*idx)) - zx if zx else arith.i32(xt(*idx))
         sl = arith.entry32(slopes, c)
         prod = xc * sl if narrow else arith.i32(i64(xc) * i64(sl))
-        pos = arith.requantize32(xc, a["pos_multiplier"], a["pos_shift"], r)
-        neg = arith.requantize32(prod, arith.entry32(nm, c), arith.entry32(ns, c), r)
-        y = tir.Select(xc >= tir.const(0, "int32"), pos, neg)
+        # one requantize of the selected branch's value, multiplier and shift: the same
+        # integers as selecting between two requantized branches, at half the vector work
+        # (both Select arms run in vector code)
+        pos = xc >= tir.const(0, "int32")
+        y = arith.requantize32(
+            tir.Select(pos, xc, prod),
+            tir.Select(pos, tir.const(a["pos_multiplier"], "int32"), arith.entry32(nm, c)),
+            tir.Select(pos, tir.const(a["pos_shift"], "int32"), arith.entry32(ns, c)), r)
         return arith.offset_clamp(y, zy, a["clamp_min"], a["clamp_max"], tvm_dtype(a["dtype"]))
     out = k.finish(te.compute(view, fn, name="out"))
     return low.bb.emit(relax.op.reshape(out, shape)) if view != shape else out
