@@ -497,8 +497,10 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
             return _lower_qconv2d_pmadd(low, node, rq, wc, const, zx)
         return _lower_qconv2d_packed(low, node, rq, wc, const, zx)
 
+    # rows of at most one vector (7x7 maps) ran faster on the plain kernel
+    # (benchmarks/tvm_kernels.py: 960 channels at 7x7)
     if DEPTHWISE_ROWS and groups == c == o and cg == 1 and acc_dt == "int32" \
-            and _mac_lanes(low) and sw in (1, 2):
+            and _mac_lanes(low) and sw in (1, 2) and ow > _mac_lanes(low):
         return _lower_depthwise_rows(low, node, rq, wc, const, zx)
 
     k = low.kernel(node, "+requantize" if rq is not None else "")
