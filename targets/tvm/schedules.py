@@ -405,7 +405,8 @@ def pmadd_gemm(xp, w, out, mt: int, obi: int, lanes: int, rows: int, cols: int, 
         o3 = T.decl_buffer((groups, rows, cols), out.dtype, data=out.data)
         for task in tasks(groups * mb):
             # plain Lets (a heap word per task, see pmadd_conv): with T.meta_var this kernel
-            # ran 1.4x slower on MiniLM's 128-row GEMMs (benchmarks/tvm_kernels.py)
+            # ran 1.4x slower on MiniLM's 128-row GEMMs (benchmarks/tvm_kernels.py); why was
+            # not pinned down
             g = task // mb
             m0 = task % mb * mt
             for qo in range(qb):
@@ -477,6 +478,9 @@ def pmadd_conv(xp, w, out, obi: int, jt: int, lanes: int, stride: tuple, dilatio
     @T.prim_func(check_well_formed=False)
     def conv():
         for task in tasks(n_ * qb * oh):
+            # T.meta_var substitutes the expression: a plain assignment is a Let, and TVM 0.27
+            # gives each Let inside a parallel loop a 4-byte heap workspace, allocated and
+            # freed on every task
             b = T.meta_var(task // (qb * oh))
             qo = T.meta_var(task // oh % qb)
             i = T.meta_var(task % oh)
@@ -544,7 +548,8 @@ def pmadd_pointwise(xq, w, out, ot: int, pv: int, lanes: int, channels: int, epi
     def pointwise():
         o3 = T.decl_buffer((n_, channels, p), out.dtype, data=out.data)
         for task in tasks(n_ * pb):
-            # meta_var: a plain Let here becomes a 4-byte heap workspace per task
+            # the image by substitution (see pmadd_conv), the first pixel as a Let: the
+            # substituted form measured slower on the 144->24 conv at 56x56
             b = T.meta_var(task // pb)
             p0 = task % pb * tile
             for qo in range(ob // ot):
@@ -630,7 +635,7 @@ def depthwise_rows(x, w, out, jt: int, lanes: int, stride: tuple, dilation: tupl
         planes = T.decl_buffer((n_ * ch if parallel else 1, hp, sw, wq), pad_dtype,
                                scope="global")
         for task in tasks(n_ * ch):
-            # meta_var: a plain Let here becomes a 4-byte heap workspace per task
+            # by substitution, not Lets (see pmadd_conv)
             b = T.meta_var(task // ch)
             c = T.meta_var(task % ch)
             xp = T.decl_buffer((hp, sw, wq), pad_dtype, data=planes.data,
