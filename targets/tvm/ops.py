@@ -157,6 +157,13 @@ def _packable(low: Lowering, x: Value, wc: np.ndarray, zx: int, acc_dt: str) -> 
             and (not wc.size or _fits_i16(int(wc.min()), int(wc.max()))))
 
 
+def _pair_word(lo, hi):
+    """Two 16-bit values as one int32 word, `lo` in the low half: the vpmaddwd operand layout of
+    the packed kernels' inputs."""
+    return (lo.astype("int32") & tir.const(0xFFFF, "int32")) | \
+        (hi.astype("int32") << tir.const(16, "int32"))
+
+
 def _pack_pairs(wc2: np.ndarray, lanes: int, block: int) -> np.ndarray:
     """(O, K) centred weights -> (OB, ceil(K/2), lanes, 2) int16: output channels in blocks of
     `lanes` (the vector lanes), reduction steps in pairs. OB is a multiple of `block`;
@@ -355,17 +362,15 @@ def _lower_qconv2d_pmadd(low: Lowering, node: Node, rq: Optional[Node], wc: np.n
     ct = k.input(low.param(f"{node.name}.const", const.astype("int32")), (o,), "int32", "c")
     epilogue = _mac_epilogue(low, k, node, rq, ct, 1, 4)
     tables = k.placeholders[n_in:]
-    mask = tir.const(0xFFFF, "int32")
     zpair = (zx & 0xFFFF) | ((zx & 0xFFFF) << 16)
     zpair = tir.const(zpair - (1 << 32) if zpair >= 1 << 31 else zpair, "int32")
 
     def pad_fn(b, p, i, j):
         inside = tir.all(i >= top, i < top + h, j >= left, j < left + wd)
         ii, jj = tir.min(tir.max(i - top, 0), h - 1), tir.min(tir.max(j - left, 0), wd - 1)
-        lo = xt[b, p * 2, ii, jj].astype("int32") & mask
         # the odd channel past an odd C meets zero weights: any value will do
-        hi = xt[b, tir.min(p * 2 + 1, c - 1), ii, jj].astype("int32") << tir.const(16, "int32")
-        return tir.if_then_else(inside, lo | hi, zpair)
+        word = _pair_word(xt[b, p * 2, ii, jj], xt[b, tir.min(p * 2 + 1, c - 1), ii, jj])
+        return tir.if_then_else(inside, word, zpair)
     pad = te.compute((n_, cp, hp, wx), pad_fn, name="pad")
     out = _fused_extern(k, [pad, wt], tables, out_shape, _mac_dtype(rq),
                         lambda xp, wb, ob_: pmadd_conv(xp, wb, ob_, obi, jt, lanes, (sh, sw),
@@ -416,15 +421,12 @@ def _lower_qconv2d_pointwise(low: Lowering, node: Node, rq: Optional[Node], wc: 
     epilogue = _mac_epilogue(low, k, node, rq, ct, 1, 4,
                              index=lambda b, oc, p: (b, oc, p // wd, p % wd))
     tables = k.placeholders[n_in:]
-    mask = tir.const(0xFFFF, "int32")
 
     def pair_fn(b, q, p):
         pp = tir.min(p, h * wd - 1)   # pixels past the end: any value, never stored
         i, j = pp // wd, pp % wd
-        lo = xt[b, q * 2, i, j].astype("int32") & mask
         # the odd channel past an odd C meets zero weights: any value will do
-        hi = xt[b, tir.min(q * 2 + 1, c - 1), i, j].astype("int32") << tir.const(16, "int32")
-        return lo | hi
+        return _pair_word(xt[b, q * 2, i, j], xt[b, tir.min(q * 2 + 1, c - 1), i, j])
     pairs = te.compute((n_, cp, px), pair_fn, name="pad")
     out = _fused_extern(k, [pairs, wt], tables, out_shape, _mac_dtype(rq),
                         lambda xq, wb, ob_: pmadd_pointwise(xq, wb, ob_, ot, pv, lanes, o,
@@ -559,15 +561,13 @@ def _pack_x_pairs(src, groups: int, rows: int, kdim: int, mx: int, name: str = "
     """(groups, mx, ceil(kdim/2)) int32: src(g, m, k) (an int16 value) in pairs, k even in the
     low half-word; rows past `rows` and the step past an odd kdim are 0."""
     kp = -(-kdim // 2)
-    mask = tir.const(0xFFFF, "int32")
 
     def fn(g, m, p):
-        lo = src(g, tir.min(m, rows - 1), p * 2).astype("int32") & mask
         hi = tir.if_then_else(p * 2 + 1 < kdim,
                               src(g, tir.min(m, rows - 1), tir.min(p * 2 + 1, kdim - 1))
-                              .astype("int32") << tir.const(16, "int32"),
-                              tir.const(0, "int32"))
-        return tir.if_then_else(m < rows, lo | hi, tir.const(0, "int32"))
+                              .astype("int32"), tir.const(0, "int32"))
+        word = _pair_word(src(g, tir.min(m, rows - 1), p * 2), hi)
+        return tir.if_then_else(m < rows, word, tir.const(0, "int32"))
     return te.compute((groups, mx, kp), fn, name=name)
 
 
