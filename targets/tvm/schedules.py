@@ -4,6 +4,8 @@ TVM's default CPU pipeline runs every kernel as plain scalar loops. The MAC kern
   conv2d on x86 (ops._lower_qconv2d_pmadd): a hand-written kernel (pmadd_conv below) after a
       pad stage that changes the layout (_conv_extern schedules it); it writes the NCHW
       output itself.
+  1x1 conv2d on large maps on x86 (ops._lower_qconv2d_pointwise): pmadd_pointwise below,
+      output pixels in the lanes, after a stage that packs channel pairs.
   depthwise on x86 (ops._lower_depthwise_rows): a hand-written kernel (depthwise_rows below)
       that pads each channel plane itself and keeps NCHW throughout.
   older packed conv2d (ops._lower_qconv2d_packed, ops.PMADD_CONV off): output channels are the
@@ -18,6 +20,8 @@ TVM's default CPU pipeline runs every kernel as plain scalar loops. The MAC kern
       GEMM (pmadd_gemm below) between element-wise packing and epilogue stages.
   other dense / matmul: the weights are stored (in, out), so a block of output channels is
       the vectorised inner loop under the reduction; rows and channel blocks run in parallel.
+  row kernels (qsoftmax, qlayer_norm over the last axis; _rows): all stages under one
+      parallel loop over rows, row reductions as vectors of partial results (rfactor).
   everything else: the loop nest is flattened, split into vector-width chunks, vectorised
       and (when large enough to pay for the threads) run in parallel.
 Schedules never change what is computed (TVM checks every step), so the kernels stay
@@ -181,7 +185,8 @@ def _elementwise(sch, block, lanes: int) -> None:
 
 
 def _rows(sch, lanes: int) -> None:
-    """A kernel whose stages all work along the last axis, row by row (qsoftmax): every stage
+    """A kernel whose stages all work along the last axis, row by row (qsoftmax, qlayer_norm
+    over the last axis): every stage
     moves under one parallel loop over the rows, so a row's intermediates (the i-exp codes,
     its max and sum) stay in cache, or on the stack, between stages. The row's reductions
     are split into `lanes` partial results (rfactor) reduced as vectors, and the
@@ -205,7 +210,7 @@ def _rows(sch, lanes: int) -> None:
     size = _extent(sch, row) * _extent(sch, col)
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, row, preserve_unit_loops=False)
-    for block in _blocks_under(sch, row):
+    for block in sch.get_child_blocks(row):
         loops = sch.get_loops(block)[1:]
         if sch.get(block).name_hint in partial:
             # (lanes, steps): the lanes loop innermost, as the vector
@@ -223,10 +228,6 @@ def _rows(sch, lanes: int) -> None:
             sch.vectorize(inner)
     if size >= PARALLEL_MIN:
         sch.parallel(row)
-
-
-def _blocks_under(sch, loop) -> list:
-    return list(sch.get_child_blocks(loop))
 
 
 def _has_let(stmt) -> bool:
