@@ -16,7 +16,6 @@ pytest.importorskip("tvm")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import tvm  # noqa: E402
 from tvm import te  # noqa: E402
 
 import qcompile  # noqa: E402
@@ -26,6 +25,7 @@ from qcompile.passes.lower_integer_transformer import layer_norm_attrs  # noqa: 
 from qcompile.targets import tvm as qtvm  # noqa: E402
 from qcompile.targets.tvm import arith  # noqa: E402
 from qcompile.targets.tvm.ops_transformer import _code_bounds, _isqrt_stages  # noqa: E402
+from qcompile.targets.tvm.testing import list_kernel  # noqa: E402
 
 MAX_NUM = arith.F64_DIV_MAX_NUM          # |c| scale
 MAX_QUOT = 2 ** 31 - 2                   # |quotient| the kernel may produce
@@ -39,32 +39,18 @@ def round_away(num: int, den: int) -> int:
 
 # ---- the quotient on its own ----------------------------------------------------------------------
 
-_QUOTIENT: dict = {}
-
-
-def quotient_kernel(scale: int):
-    """y[i] = round_away_quotient_f64(c[i], row constants of den[i]) (den as int64, as the
-    divisor stage gives it), built once per scale."""
-    if scale not in _QUOTIENT:
-        n = te.var("n")
-        c = te.placeholder((n,), "int32", name="c")
-        den = te.placeholder((n,), "int64", name="den")
-        df = te.compute((n,), lambda i: den[i].astype("float64"), name="df")
-        kq = te.compute((n,), lambda i: arith.round_away_row_constants(df[i], scale)[0], name="k")
-        h = te.compute((n,), lambda i: arith.round_away_row_constants(df[i], scale)[1], name="h")
-        y = te.compute((n,), lambda i: arith.round_away_quotient_f64(c[i], kq[i], h[i]), name="y")
-        func = te.create_prim_func([c, den, y])
-        _QUOTIENT[scale] = tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm")
-    return _QUOTIENT[scale]
-
-
 def run_quotient(cs: list[int], dens: list[int], scale: int) -> np.ndarray:
-    dev = tvm.cpu(0)
-    cv = tvm.runtime.tensor(np.asarray(cs, np.int32), dev)
-    dv = tvm.runtime.tensor(np.asarray(dens, np.int64), dev)
-    yv = tvm.runtime.tensor(np.zeros(len(cs), np.int32), dev)
-    quotient_kernel(scale)["main"](cv, dv, yv)
-    return yv.numpy()
+    """y[i] = round_away_quotient_f64(c[i], row constants of den[i]) (den as int64, as the
+    divisor stage gives it), with the row constants as stages of their own, as in the kernel."""
+    def stages(c, den):
+        df = te.compute(den.shape, lambda i: den[i].astype("float64"), name="df")
+        kq = te.compute(den.shape, lambda i: arith.round_away_row_constants(df[i], scale)[0],
+                        name="k")
+        h = te.compute(den.shape, lambda i: arith.round_away_row_constants(df[i], scale)[1],
+                       name="h")
+        return te.compute(den.shape, lambda i: arith.round_away_quotient_f64(c[i], kq[i], h[i]),
+                          name="y")
+    return list_kernel(("layer_norm", scale), stages, ("int32", "int64"))(cs, dens)
 
 
 def allowed(c: int, den: int, scale: int) -> bool:
@@ -160,25 +146,8 @@ def test_quotient_random(data):
 
 # ---- the square root on its own -------------------------------------------------------------------
 
-_ISQRT = []
-
-
-def isqrt_kernel():
-    if not _ISQRT:
-        n = te.var("n")
-        v = te.placeholder((n,), "int64", name="v")
-        r = _isqrt_stages(v, (n,))
-        func = te.create_prim_func([v, r])
-        _ISQRT.append(tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm"))
-    return _ISQRT[0]
-
-
 def run_isqrt(values: list[int]) -> list[int]:
-    dev = tvm.cpu(0)
-    vv = tvm.runtime.tensor(np.asarray(values, np.int64), dev)
-    rv = tvm.runtime.tensor(np.zeros(len(values), np.int64), dev)
-    isqrt_kernel()["main"](vv, rv)
-    return rv.numpy().tolist()
+    return list_kernel("isqrt", lambda v: _isqrt_stages(v, v.shape), ("int64",))(values).tolist()
 
 
 def test_isqrt_at_squares_and_the_top_of_the_range():

@@ -22,6 +22,7 @@ from qcompile.passes.lower_integer_transformer import softmax_attrs  # noqa: E40
 from qcompile.targets import tvm as qtvm  # noqa: E402
 from qcompile.targets.tvm import arith  # noqa: E402
 from qcompile.targets.tvm.ops_transformer import SOFTMAX_F64_MAX_ROW  # noqa: E402
+from qcompile.targets.tvm.testing import list_kernel  # noqa: E402
 
 #: The largest row sum the float64 quotient takes: a row of SOFTMAX_F64_MAX_ROW positions
 #: that all have e = 2**31 - 1.
@@ -31,32 +32,15 @@ E_MAX = 2 ** 31 - 1
 
 # ---- the quotient on its own ----------------------------------------------------------------------
 
-_QUOTIENT = {}
-
-
-def quotient_kernel(k: int):
-    """A compiled kernel y[i] = softmax_quotient_f64(e[i], S[i]) (S as int64, as the sum stage
-    gives it), built once per k."""
-    if k not in _QUOTIENT:
-        n = te.var("n")
-        e = te.placeholder((n,), "int32", name="e")
-        s = te.placeholder((n,), "int64", name="s")
-        sf = te.compute((n,), lambda i: s[i].astype("float64"), name="sf")
-        inv = te.compute((n,), lambda i: tvm.tirx.const(0.5, "float64") / sf[i], name="inv")
-        y = te.compute((n,), lambda i: arith.softmax_quotient_f64(e[i], sf[i], inv[i], k),
-                       name="y")
-        func = te.create_prim_func([e, s, y])
-        _QUOTIENT[k] = tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm")
-    return _QUOTIENT[k]
-
-
 def run_quotient(e: list[int], s: list[int], k: int) -> np.ndarray:
-    dev = tvm.cpu(0)
-    ev = tvm.runtime.tensor(np.asarray(e, np.int32), dev)
-    sv = tvm.runtime.tensor(np.asarray(s, np.int64), dev)
-    yv = tvm.runtime.tensor(np.zeros(len(e), np.int32), dev)
-    quotient_kernel(k)["main"](ev, sv, yv)
-    return yv.numpy()
+    """y[i] = softmax_quotient_f64(e[i], S[i]) (S as int64, as the sum stage gives it), with
+    the float sum and half reciprocal as stages of their own, as in the kernel."""
+    def stages(ev, sv):
+        sf = te.compute(sv.shape, lambda i: sv[i].astype("float64"), name="sf")
+        inv = te.compute(sv.shape, lambda i: tvm.tirx.const(0.5, "float64") / sf[i], name="inv")
+        return te.compute(sv.shape, lambda i: arith.softmax_quotient_f64(ev[i], sf[i], inv[i], k),
+                          name="y")
+    return list_kernel(("softmax", k), stages, ("int32", "int64"))(e, s)
 
 
 def exact(e: list[int], s: list[int], k: int) -> list[int]:
