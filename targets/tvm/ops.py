@@ -434,14 +434,6 @@ def _lower_qconv2d_pointwise(low: Lowering, node: Node, rq: Optional[Node], wc: 
     return k.finish(out, "conv_extern", {"lanes": lanes})
 
 
-def _row_tile(n: int, most: int = 7) -> int:
-    """Vectors per register tile of a row of `n` vectors: all of them when they fit, else the
-    tile (at most `most`) that wastes the fewest lanes on the last tile."""
-    if n <= most:
-        return n
-    return min(range(most, 1, -1), key=lambda t: (-(-n // t) * t - n, -t))
-
-
 def _lower_depthwise_rows(low: Lowering, node: Node, rq: Optional[Node], wc: np.ndarray,
                           const: np.ndarray, zx: int):
     """Depthwise qconv2d with output pixels in the vector lanes (schedules.depthwise_rows);
@@ -454,7 +446,7 @@ def _lower_depthwise_rows(low: Lowering, node: Node, rq: Optional[Node], wc: np.
     lanes = _mac_lanes(low)
     out_shape = low.shape(node.output)
     ow = out_shape[3]
-    jt = _row_tile(-(-ow // lanes))
+    jt = _tile_width(-(-ow // lanes), (7, 6, 5, 4, 3, 2))  # vectors per register tile
     lo, hi = int_range(int_bits(x.dtype), is_signed(x.dtype))
     xdt = "int16" if _fits_i16(min(lo, zx), max(hi, zx)) else "int32"
     wl = np.ascontiguousarray(wc[:, 0].astype("int32"))
