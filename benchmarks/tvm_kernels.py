@@ -1,8 +1,9 @@
 """One fused MAC + requantize kernel of the TVM backend, with the older kernel beside the new
 one in the same run: qlinear on MiniLM shapes (the vpmaddwd GEMM against the row-vectorised
 dense kernel), convolutions on ResNet-18/MobileNetV2 shapes (the vpmaddwd direct conv against
-the vpmulld packed conv) and depthwise convolutions (the pixel-lanes kernel against the plain row-vectorised one) and
-1x1 convolutions on large maps (the pixel-lanes vpmaddwd kernel against pmadd_conv).
+the vpmulld packed conv), depthwise convolutions (the pixel-lanes kernel against the plain
+row-vectorised one) and 1x1 convolutions on large maps (the pixel-lanes vpmaddwd kernel
+against pmadd_conv).
 
     python benchmarks/tvm_kernels.py [--runs 40] [--threads 2]
 

@@ -373,7 +373,8 @@ def lower_qlayer_norm(low: Lowering, node: Node, _rq=None):
         def out_fn(*i):
             acc = i64(z_at(i)) * i64(gt(*i[ax:])) + i64(bt(*i[ax:]))
             return fin(_rescale(acc, a["multiplier"], a["shift"], a["rounding"]), i)
-    return k.finish(te.compute(shape, out_fn, name="out"), "rows" if ax == rank - 1 else "elementwise")
+    kind = "rows" if ax == rank - 1 else "elementwise"
+    return k.finish(te.compute(shape, out_fn, name="out"), kind)
 
 
 # ---------------------------------------------------------------------------------- qgelu
