@@ -2,10 +2,11 @@
 one in the same run: qlinear on MiniLM shapes (the vpmaddwd GEMM against the row-vectorised
 dense kernel), convolutions on ResNet-18/MobileNetV2 shapes (the vpmaddwd direct conv against
 the vpmulld packed conv), depthwise convolutions (the pixel-lanes kernel against the plain
-row-vectorised one) and 1x1 convolutions on large maps (the pixel-lanes vpmaddwd kernel
-against pmadd_conv).
+row-vectorised one), 1x1 convolutions on large maps (the pixel-lanes vpmaddwd kernel
+against pmadd_conv), and the requantize epilogue of the pixel-lanes kernels (SRDHM two lanes
+per int64 word against lane by lane).
 
-    python benchmarks/tvm_kernels.py [--runs 40] [--threads 2]
+    python benchmarks/tvm_kernels.py [--runs 40] [--threads 2] [--only epilogue]
 
 Each kernel is a one-node integer graph (u8 input, per-channel requantize to i8) built with
 `qcompile.targets.tvm.build` for this CPU at batch 1; both versions are checked bit-exact
@@ -24,12 +25,14 @@ import numpy as np
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 ap.add_argument("--runs", type=int, default=40)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--only", default="", help="run the kernels whose label contains this")
 args = ap.parse_args()
 os.environ.setdefault("TVM_NUM_THREADS", str(args.threads))  # before TVM starts its pool
 
 import qcompile  # noqa: E402
 from qcompile.targets import tvm as qtvm  # noqa: E402
 from qcompile.targets.c.testing import IntGraphBuilder  # noqa: E402
+from qcompile.targets.tvm import arith  # noqa: E402
 from qcompile.targets.tvm import ops as tvm_ops  # noqa: E402
 
 LINEARS = [((128, 384), 384), ((128, 384), 1536), ((128, 1536), 384), ((8, 128, 384), 1536)]
@@ -37,6 +40,10 @@ CONVS = [((1, 64, 56, 56), 64, 3, 1), ((1, 256, 14, 14), 256, 3, 1), ((1, 144, 2
          ((1, 576, 14, 14), 96, 1, 1), ((1, 16, 112, 112), 96, 1, 1)]
 DEPTHWISE = [((1, 144, 56, 56), 1), ((1, 384, 14, 14), 1), ((1, 96, 112, 112), 2),
              ((1, 960, 7, 7), 1)]
+# the requantize epilogue's SRDHM lane by lane (old) or two lanes per int64 word (new), in
+# the pixel-lanes kernels, whose epilogue gets whole vectors
+EPILOGUE = [((1, 16, 112, 112), 96), ((1, 24, 56, 56), 144)]
+EPILOGUE_DW = [(1, 144, 56, 56)]
 POINTWISE = [((1, 16, 112, 112), 96), ((1, 24, 56, 56), 144), ((1, 144, 56, 56), 24),
              ((1, 32, 28, 28), 192), ((1, 96, 14, 14), 576), ((1, 160, 7, 7), 960)]
 
@@ -55,14 +62,15 @@ def conv_graph(shape, o, k, stride, groups=1):
 
 
 def time_kernel(g, x, switch: str, new: bool) -> float:
-    setattr(tvm_ops, switch, new)
+    owner = arith if switch == "PAIRED_SRDHM" else tvm_ops
+    setattr(owner, switch, new)
     # the conv cases compare pmadd_conv with the older kernel, so 1x1 convs stay off the
     # pixel-lanes kernel there
     tvm_ops.POINTWISE = new if switch == "POINTWISE" else False
     try:
         module = qtvm.build(g, None, batch=x.shape[0])
     finally:
-        setattr(tvm_ops, switch, True)
+        setattr(owner, switch, True)
         tvm_ops.POINTWISE = True
     xs = np.random.default_rng(1).integers(0, 256, x.shape).astype(np.uint8)
     for r, o in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
@@ -85,8 +93,12 @@ def main() -> None:
               for s, st in DEPTHWISE]
     cases += [(f"pointwise 1x1 {s[1]}->{o} @{s[2]}", "POINTWISE", *conv_graph(s, o, 1, 1))
               for s, o in POINTWISE]
+    cases += [(f"epilogue 1x1 {s[1]}->{o} @{s[2]}", "PAIRED_SRDHM", *conv_graph(s, o, 1, 1))
+              for s, o in EPILOGUE]
+    cases += [(f"epilogue dw 3x3 {s[1]} @{s[2]}", "PAIRED_SRDHM",
+               *conv_graph(s, s[1], 3, 1, groups=s[1])) for s in EPILOGUE_DW]
     print(f"{'kernel':34s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")
-    for label, switch, g, x in cases:
+    for label, switch, g, x in (c for c in cases if args.only in c[0]):
         old, new = time_kernel(g, x, switch, False), time_kernel(g, x, switch, True)
         print(f"{label:34s} {old:9.3f} {new:9.3f} {old / new:8.2f}", flush=True)
     print(f"\n{args.threads} threads (TVM_NUM_THREADS), minimum of {args.runs} calls, batch 1, "

@@ -7,7 +7,10 @@ compiled code cannot raise, so these formulas assume the graph ran clean in the 
 (the tests compare both on the same inputs).
 
 Constants may be Python ints (one value for the whole tensor, folded at build time) or int64
-TIR expressions (a per-channel table read at the element's channel).
+TIR expressions (a per-channel table read at the element's channel). Values may be scalars
+or whole vectors (the pixel-lanes MAC kernels hand their epilogue 8 or 16 pixels of one
+channel, with that channel's constants as scalars); the casts and selects here keep the
+lanes, and `srdhm` has a vector form shaped for x86's vpmuldq.
 """
 from __future__ import annotations
 
@@ -32,27 +35,53 @@ def dtype_of(e) -> str:
     return str(expr(e).ty)
 
 
+def lanes_of(e) -> int:
+    """How many lanes a TIR expression has (1 for a scalar)."""
+    dt = dtype_of(e)
+    return int(dt.split("x")[1]) if "x" in dt else 1
+
+
+def as_type(v, dtype: str):
+    """`v` converted to the scalar type `dtype`, keeping its lanes: the formulas here build
+    both scalar expressions and whole vectors (the pixel-lanes kernels' epilogues)."""
+    v = expr(v)
+    n = lanes_of(v)
+    dt = dtype if n == 1 else f"{dtype}x{n}"
+    return v if dtype_of(v) == dt else v.astype(dt)
+
+
 def i64(v: Expr):
-    """`v` as an int64 TIR expression."""
+    """`v` as an int64 TIR expression (scalar or vector)."""
     if isinstance(v, int):
         return tir.const(v, I64)
-    v = expr(v)
-    return v if dtype_of(v) == I64 else v.astype(I64)
+    return as_type(v, I64)
 
 
 def i32(v: Expr):
-    """`v` as an int32 TIR expression. Narrowing an int64 expression is a plain truncation:
-    callers only pass values the interpreter proved to fit int32."""
+    """`v` as an int32 TIR expression (scalar or vector). Narrowing an int64 expression is a
+    plain truncation: callers only pass values the interpreter proved to fit int32."""
     if isinstance(v, int):
         return tir.const(v, I32)
-    v = expr(v)
-    return v if dtype_of(v) == I32 else v.astype(I32)
+    return as_type(v, I32)
+
+
+def select(cond, a, b):
+    """tir.Select with scalar branches broadcast to a vector condition's lanes."""
+    n = lanes_of(cond)
+    if n > 1:
+        a, b = (x if lanes_of(x) == n else tir.Broadcast(expr(x), n) for x in (a, b))
+    return tir.Select(cond, a, b)
 
 
 def _pow2(e: Expr, dtype: str = I64):
     if isinstance(e, int):
         return tir.const(1 << e, dtype)
-    return tir.const(1, dtype) << e.astype(dtype)
+    return tir.const(1, dtype) << as_type(e, dtype)
+
+
+#: SRDHM of a whole vector two lanes per int64 word (_srdhm_pairs); False: lane by lane, as
+#: LLVM lowers the scalar form (benchmarks/tvm_kernels.py compares the two)
+PAIRED_SRDHM = True
 
 
 def srdhm(a, m0: Expr):
@@ -64,8 +93,32 @@ def srdhm(a, m0: Expr):
     is `(a*m0 + 2**30) >> 31` (arithmetic shift) in both cases: no select, no division, and
     the product of two sign-extended int32 values is one vpmuldq on x86. The
     INT32_MIN * INT32_MIN saturation cannot occur: Q31 multipliers are never negative."""
+    if PAIRED_SRDHM and lanes_of(a) > 1 and lanes_of(a) % 2 == 0:
+        return i64(_srdhm_pairs(i32(a), i32(m0)))
     ab = i64(i32(a)) * i64(i32(m0))
     return (ab + tir.const(1 << 30, I64)) >> tir.const(31, I64)
+
+
+def _srdhm_pairs(a, m0):
+    """srdhm of an int32 vector, computed on its lanes two at a time as int64 words, in the
+    shape of x86's vpmuldq (which multiplies the sign-extended low halves of 64-bit lanes):
+    the even lanes' products from the words' low halves, the odd lanes' from the high halves.
+    The result of (p + 2**30) >> 31 fits int32, so it is bits 31..62 of p + 2**30: for an even
+    lane the low half of that sum shifted right by 31, for an odd lane the high half of it
+    doubled, which needs no shift into place. Without this, LLVM widens every lane to int64
+    and shuffles the halves back together."""
+    n = lanes_of(a)
+    w64 = f"int64x{n // 2}"
+    c32, c31 = tir.const(32, I64), tir.const(31, I64)
+    aw = tir.reinterpret(w64, a)
+    mv = m0 if lanes_of(m0) == n else tir.Broadcast(m0, n)
+    mw = tir.reinterpret(w64, mv)
+    nudge = tir.const(1 << 30, I64)
+    even = ((aw << c32) >> c32) * ((mw << c32) >> c32)
+    odd = (aw >> c32) * (mw >> c32)
+    low = tir.const(0xFFFFFFFF, I64)
+    words = (((even + nudge) >> c31) & low) | (((odd + nudge) << tir.const(1, I64)) & ~low)
+    return tir.reinterpret(f"int32x{n}", words)
 
 
 def _rdbpot32(x, e: Expr):
@@ -77,8 +130,8 @@ def _rdbpot32(x, e: Expr):
     xv, e32 = i32(x), i32(e)
     one, zero = tir.const(1, I32), tir.const(0, I32)
     mask = tir.const((1 << e) - 1, I32) if isinstance(e, int) else _pow2(e, I32) - one
-    thr = (mask >> one) + tir.Select(xv < zero, one, zero)
-    return (xv >> e32) + tir.Select((xv & mask) > thr, one, zero)
+    thr = (mask >> one) + select(xv < zero, one, zero)
+    return (xv >> e32) + select((xv & mask) > thr, one, zero)
 
 
 def rdbpot(x, e: Expr):
@@ -108,7 +161,7 @@ def requantize32(x, m0: Expr, shift: Expr, rounding: str):
         if isinstance(shift, int):
             return i32(x) << tir.const(left, I32) if shift >= 0 else _rdbpot32(x, right)
         xv = i32(x)
-        return tir.Select(i32(shift) >= tir.const(0, I32), xv << left, _rdbpot32(xv, right))
+        return select(i32(shift) >= tir.const(0, I32), xv << left, _rdbpot32(xv, right))
     if rounding == "gemmlowp_double":
         left, right = _left_right(shift)
         xs = i32(x) if isinstance(left, int) and left == 0 else \
@@ -120,7 +173,7 @@ def requantize32(x, m0: Expr, shift: Expr, rounding: str):
         half = _pow2(n - 1)
         prod = i64(i32(x)) * i64(i32(m0))
         if rounding == "single_half_away":
-            offset = tir.Select(prod >= tir.const(0, I64), half, half - tir.const(1, I64))
+            offset = select(prod >= tir.const(0, I64), half, half - tir.const(1, I64))
             return i32((prod + offset) >> i64(n))
         return i32((prod + half) >> i64(n))  # arithmetic shift: floor
     raise ValueError(f"unknown requantization rounding {rounding!r}")
@@ -150,10 +203,10 @@ def offset_clamp(y, zy: Expr, lo: int, hi: int, dtype: str, zy_range: tuple = No
     y = i32(y)
     if isinstance(zy, int):
         y = tir.min(tir.max(y, tir.const(lo - zy, I32)), tir.const(hi - zy, I32))
-        return (y + tir.const(zy, I32)).astype(dtype) if zy else y.astype(dtype)
+        return as_type(y + tir.const(zy, I32), dtype) if zy else as_type(y, dtype)
     z = i32(zy)
     y = tir.min(tir.max(y, tir.const(lo, I32) - z), tir.const(hi, I32) - z)
-    return (y + z).astype(dtype)
+    return as_type(y + z, dtype)
 
 
 def entry32(table, idx):
@@ -175,8 +228,8 @@ def wrap(acc, bits: int):
 
 def clamp_cast(y, lo: int, hi: int, dtype: str):
     """clip(y, lo, hi) stored as `dtype`."""
-    dt = dtype_of(y)
-    return tir.min(tir.max(y, tir.const(lo, dt)), tir.const(hi, dt)).astype(dtype)
+    dt = dtype_of(y).split("x")[0]
+    return as_type(tir.min(tir.max(y, tir.const(lo, dt)), tir.const(hi, dt)), dtype)
 
 
 def div_round_away(num, den):

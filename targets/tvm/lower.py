@@ -31,6 +31,7 @@ from qcompile.ir.graph import Graph, Node, Value
 from qcompile.ir.ops import registry
 from qcompile.ir.types import TensorType, is_float, is_int, numpy_dtype
 
+from . import arith
 from .arith import I64
 
 
@@ -105,7 +106,7 @@ class Kernel:
             return tir.const(table, dtype) if dtype != I64 else table
         for ph, buf in self.bound:
             if ph.same_as(table):
-                return tir.BufferLoad(buf, [idx]).astype(dtype)
+                return arith.as_type(tir.BufferLoad(buf, [idx]), dtype)
         return table(idx).astype(dtype)
 
     def finish(self, out: te.Tensor, kind: str = "elementwise", info: Optional[dict] = None):

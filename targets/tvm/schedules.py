@@ -567,20 +567,26 @@ def pmadd_pointwise(xq, w, out, ot: int, pv: int, lanes: int, channels: int, epi
                                     T.reinterpret(v16, xq[b, k, T.ramp(p0 + v * lanes, 1,
                                                                        lanes)]),
                                     T.reinterpret(v16, T.Broadcast(w[qo * ot + q, k], lanes)))
+                # a whole tile's pixels of a channel go through the epilogue as one vector
+                # (16 lanes narrow to bytes with pack instructions); the last tile, vector by
+                # vector and its partial vector lane by lane
                 for q in T.unroll(ot):
                     if qo * ot + q < channels:
-                        for v in T.unroll(pv):
-                            if p0 + (v + 1) * lanes <= p:
-                                for t in T.vectorized(lanes):
-                                    o3[b, qo * ot + q, p0 + v * lanes + t] = epilogue(
-                                        a[(q * pv + v) * lanes + t], b, qo * ot + q,
-                                        p0 + v * lanes + t)
-                            else:
-                                for t in range(lanes):
-                                    if p0 + v * lanes + t < p:
-                                        o3[b, qo * ot + q, p0 + v * lanes + t] = epilogue(
-                                            a[(q * pv + v) * lanes + t], b, qo * ot + q,
-                                            p0 + v * lanes + t)
+                        if p0 + tile <= p:
+                            o3[b, qo * ot + q, T.ramp(p0, 1, tile)] = epilogue(
+                                a[T.ramp(q * tile, 1, tile)], b, qo * ot + q, p0)
+                        else:
+                            for v in T.unroll(pv):
+                                if p0 + (v + 1) * lanes <= p:
+                                    o3[b, qo * ot + q, T.ramp(p0 + v * lanes, 1, lanes)] = \
+                                        epilogue(a[T.ramp((q * pv + v) * lanes, 1, lanes)], b,
+                                                 qo * ot + q, p0 + v * lanes)
+                                else:
+                                    for t in range(lanes):
+                                        if p0 + v * lanes + t < p:
+                                            o3[b, qo * ot + q, p0 + v * lanes + t] = epilogue(
+                                                a[(q * pv + v) * lanes + t], b, qo * ot + q,
+                                                p0 + v * lanes + t)
     return pointwise.body
 
 
@@ -666,14 +672,27 @@ def depthwise_rows(x, w, out, jt: int, lanes: int, stride: tuple, dilation: tupl
                                                    T.ramp(jo * tile + v * lanes
                                                           + rkw * dw // sw, 1, lanes)]) \
                                     * T.Broadcast(T.Cast("int32", w[c, rkh, rkw]), lanes)
-                    for v in T.unroll(jt):
-                        if jo * tile + (v + 1) * lanes <= ow:
-                            for t in T.vectorized(lanes):
-                                out[b, c, i, jo * tile + v * lanes + t] = epilogue(
-                                    a[v * lanes + t], b, c, i, jo * tile + v * lanes + t)
-                        else:
-                            for t in range(lanes):
-                                if jo * tile + v * lanes + t < ow:
-                                    out[b, c, i, jo * tile + v * lanes + t] = epilogue(
-                                        a[v * lanes + t], b, c, i, jo * tile + v * lanes + t)
+                    # a whole tile goes through the epilogue two vectors at a time (16 lanes
+                    # narrow to bytes with pack instructions); the row's last tile, vector by
+                    # vector and its partial vector lane by lane
+                    if jo * tile + tile <= ow:
+                        for v in T.unroll(jt // 2):
+                            out[b, c, i, T.ramp(jo * tile + v * 2 * lanes, 1, 2 * lanes)] = \
+                                epilogue(a[T.ramp(v * 2 * lanes, 1, 2 * lanes)], b, c, i,
+                                         jo * tile + v * 2 * lanes)
+                        if jt % 2 == 1:
+                            out[b, c, i, T.ramp(jo * tile + (jt - 1) * lanes, 1, lanes)] = \
+                                epilogue(a[T.ramp((jt - 1) * lanes, 1, lanes)], b, c, i,
+                                         jo * tile + (jt - 1) * lanes)
+                    else:
+                        for v in T.unroll(jt):
+                            if jo * tile + (v + 1) * lanes <= ow:
+                                out[b, c, i, T.ramp(jo * tile + v * lanes, 1, lanes)] = \
+                                    epilogue(a[T.ramp(v * lanes, 1, lanes)], b, c, i,
+                                             jo * tile + v * lanes)
+                            else:
+                                for t in range(lanes):
+                                    if jo * tile + v * lanes + t < ow:
+                                        out[b, c, i, jo * tile + v * lanes + t] = epilogue(
+                                            a[v * lanes + t], b, c, i, jo * tile + v * lanes + t)
     return dw_rows.body

@@ -1,6 +1,8 @@
-"""Test support for the TVM backend's exact float64 helpers (arith.py, the isqrt stages):
-compile a small TE pipeline over 1-D integer inputs for this CPU, once per key, and run it on
-Python lists, so a helper can be compared with Python integers at its rounding boundaries."""
+"""Test support for the TVM backend's exact arithmetic (arith.py, the isqrt stages): compile
+a small kernel over 1-D integer inputs for this CPU, once per key, and run it on Python
+lists, so a helper can be compared with Python integers at its rounding boundaries. A
+`list_kernel` is a TE pipeline of scalar expressions; a `lanes_kernel` builds whole vectors,
+as the pixel-lanes MAC kernels' epilogues do."""
 from __future__ import annotations
 
 from typing import Callable, Hashable, Sequence
@@ -9,6 +11,7 @@ import numpy as np
 
 import tvm
 from tvm import te
+from tvm import tirx as tir
 
 _BUILT: dict = {}
 
@@ -32,5 +35,33 @@ def list_kernel(key: Hashable, stages: Callable, in_dtypes: Sequence[str]
         y = tvm.runtime.tensor(np.zeros(len(lists[0]), out_dtype), dev)
         lib["main"](*(tvm.runtime.tensor(np.asarray(v, dt), dev)
                       for v, dt in zip(lists, in_dtypes)), y)
+        return y.numpy()
+    return run
+
+
+def lanes_kernel(key: Hashable, body: Callable, lanes: int, in_dtypes: Sequence[str],
+                 out_dtype: str) -> Callable[..., np.ndarray]:
+    """fn(*lists) -> y for a kernel that computes whole vectors: `body(first, *buffers)`
+    gives the `lanes`-wide value stored at out[first:first + lanes] (it loads the input
+    buffers itself, as vectors or as one scalar per vector), the way the pixel-lanes MAC
+    kernels hand their epilogue a vector. The lists' length must be a multiple of `lanes`;
+    one build per (key, length)."""
+    def run(*lists) -> np.ndarray:
+        n = len(lists[0])
+        assert n % lanes == 0, f"{n} values are not whole vectors of {lanes}"
+        if (key, n) not in _BUILT:
+            def fcompute(ins, outs):
+                i = tir.Var("i", "int32")
+                first = i * lanes
+                store = tir.BufferStore(outs[0], body(first, *ins), [tir.Ramp(first, 1, lanes)])
+                return tir.For(i, 0, n // lanes, tir.ForKind.SERIAL, store)
+            ins = [te.placeholder((n,), dt, name=f"in{k}") for k, dt in enumerate(in_dtypes)]
+            out = te.extern([(n,)], ins, fcompute, dtype=out_dtype, name="out")
+            func = te.create_prim_func([*ins, out])
+            _BUILT[key, n] = tvm.tirx.build(tvm.IRModule({"main": func}), target="llvm")
+        dev = tvm.cpu(0)
+        y = tvm.runtime.tensor(np.zeros(n, out_dtype), dev)
+        _BUILT[key, n]["main"](*(tvm.runtime.tensor(np.asarray(v, dt), dev)
+                                  for v, dt in zip(lists, in_dtypes)), y)
         return y.numpy()
     return run
