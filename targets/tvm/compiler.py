@@ -29,7 +29,7 @@ from tvm import relax
 
 from qcompile.ir.graph import Graph
 
-from .lower import TVMBackendError, lower_graph, tvm_dtype
+from .lower import Lowering, TVMBackendError, lower_graph, tvm_dtype
 from .target import TargetSpec, is_cross, is_gpu, make_target
 from .tune import TUNING_DIR, TVMTuningError
 
@@ -181,7 +181,7 @@ def build(graph: Graph, target: TargetSpec = None, batch: int = 1,
     db = None
     if tune or database is not None:
         sched, db = _tuned(graph, batch, tgt, sched, tune, database)
-    mod, params = lower_graph(graph, batch, sched)
+    mod, params = _lower(graph, batch, sched, tgt)
     if is_gpu(tgt):
         mod = _gpu_schedule(mod, tgt)
     try:
@@ -212,8 +212,22 @@ def _tuned(graph: Graph, batch: int, tgt, hand, trials: int, database):
     return applying_scheduler(db, hand, tgt, spec), db
 
 
+def _lower(graph: Graph, batch: int, sched, tgt):
+    """lower_graph, telling the lowering where the hand-written dp4a kernels are built (a
+    CUDA target; see cuda_kernels.dp4a_mode): the CPU scheduler says nothing on a GPU target,
+    and a scheduler there would change the views the other ops take."""
+    from .cuda_kernels import MODE_ATTR, dp4a_mode
+    mode = dp4a_mode(tgt)
+    if mode is None:
+        return lower_graph(graph, batch, sched)
+    low = Lowering(graph, batch, sched)
+    setattr(low, MODE_ATTR, mode)
+    return low.build(), dict(low.params)
+
+
 def _gpu_schedule(mod, tgt):
-    """Thread bindings for every kernel from dlight's default GPU rules."""
+    """Thread bindings for every kernel from dlight's default GPU rules; the hand-written
+    kernels (cuda_kernels.py) carry "tirx.is_scheduled", which dlight leaves alone."""
     from tvm.s_tir import dlight as dl
     mod = relax.transform.LegalizeOps()(mod)
     with tgt:

@@ -482,6 +482,9 @@ def lower_qconv2d(low: Lowering, node: Node, rq: Optional[Node]):
     wc = _centred_weight(node, w)
     # Padding taps hold zx, so they contribute zx (w - zw) to the sum and cancel in the constant.
     const, acc_dt = _folded_constant(node, x, wc, bias, zx)
+    from .cuda_kernels import try_qconv2d  # CUDA builds: the dp4a kernel where it is exact
+    if (dp4a := try_qconv2d(low, node, rq, wc, const, zx, acc_dt)) is not None:
+        return dp4a
     if groups == 1 and _packable(low, x, wc, zx, acc_dt):
         if POINTWISE and (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(a["padding"]) \
                 and _mac_lanes(low) == 8 and (h * wd >= POINTWISE_PIXELS or (
@@ -661,6 +664,9 @@ def lower_qlinear(low: Lowering, node: Node, rq: Optional[Node]):
     zx = low.zero_point(x, node)
     wc = _centred_weight(node, w)
     const, acc_dt = _folded_constant(node, x, wc, bias, zx)
+    from .cuda_kernels import try_qlinear  # CUDA builds: the dp4a kernel where it is exact
+    if (dp4a := try_qlinear(low, node, rq, wc, const, zx, acc_dt)) is not None:
+        return dp4a
     if PMADD_GEMM and _packable(low, x, wc, zx, acc_dt):
         return _lower_qlinear_packed(low, node, rq, wc, const)
     k = low.kernel(node, "+requantize" if rq is not None else "")
