@@ -20,6 +20,8 @@ import qcompile  # noqa: E402
 from qcompile.ir.types import QuantParams  # noqa: E402
 from qcompile.targets import tvm as qtvm  # noqa: E402
 from qcompile.targets.c.testing import IntGraphBuilder  # noqa: E402
+from qcompile.targets.tvm.testing import (extreme_weights, quantized_input,  # noqa: E402
+                                           random_codes)
 from qcompile.targets.tvm import cuda_kernels as ck  # noqa: E402
 
 
@@ -27,30 +29,6 @@ from qcompile.targets.tvm import cuda_kernels as ck  # noqa: E402
 def emulate(monkeypatch):
     """LLVM builds run the dp4a kernels (serial loops, portable dp4a)."""
     monkeypatch.setattr(ck, "EMULATE_ON_CPU", True)
-
-
-def _input(b: IntGraphBuilder, shape, dtype: str, zp: int):
-    x = b.input(shape, dtype)
-    bits = 16 if dtype.endswith("16") else 8
-    x.quant = QuantParams((0.05,), (zp,), bits, dtype.startswith("i"))
-    return x
-
-
-def _codes(x, rng, extreme: bool = False) -> np.ndarray:
-    lo, hi = {"u8": (0, 255), "i8": (-128, 127), "i16": (-32768, 32767)}[x.dtype]
-    dt = {"u8": np.uint8, "i8": np.int8, "i16": np.int16}[x.dtype]
-    if extreme:  # only the end codes: the largest products
-        return rng.choice([lo, hi], x.shape).astype(dt)
-    return rng.integers(lo, hi + 1, x.shape).astype(dt)
-
-
-def _extreme_weights(g) -> None:
-    """Every third weight -128, the next 127 (zero weight zero points only: still int8)."""
-    for v in g.constants.values():
-        if v.dtype == "i8" and v.quant is not None and not any(v.quant.zero_point):
-            flat = v.data.reshape(-1)
-            flat[::3] = -128
-            flat[1::3] = 127
 
 
 def _dp4a_kernels(module) -> int:
@@ -123,10 +101,10 @@ LINEARS = [
 def test_qlinear_dp4a_is_bit_exact(emulate, case):
     shape, o, dtype, zp = LINEARS[case]
     b = IntGraphBuilder("lin", seed=case, rounding="gemmlowp_double")
-    x = _input(b, shape, dtype, zp)
+    x = quantized_input(b, shape, dtype, zp)
     g = b.output(b.requant(b.linear(x, o), axis=len(shape) - 1, relu=case % 2 == 0),
                  b.linear(x, o + 1, bias=False))  # a bare accumulator too (no epilogue)
-    _check(g, _codes(x, np.random.default_rng(case)), dp4a=2)
+    _check(g, random_codes(x, np.random.default_rng(case)), dp4a=2)
 
 
 CONVS = [
@@ -150,7 +128,7 @@ def test_qconv2d_dp4a_is_bit_exact(emulate, case, dtype):
     assert x.quant.zero_point[0] != 0
     g = b.output(b.requant(b.conv(x, o, **kw), dtype="u8" if case % 2 else "i8",
                            per_channel=case != 2, relu=case % 3 == 0))
-    _check(g, _codes(x, np.random.default_rng(case)), dp4a=1)
+    _check(g, random_codes(x, np.random.default_rng(case)), dp4a=1)
 
 
 @pytest.mark.parametrize("dtype,zp", [("u8", 0), ("u8", 255), ("i8", -128), ("i8", 127)])
@@ -158,11 +136,11 @@ def test_extreme_codes_weights_and_zero_points(emulate, dtype, zp):
     """Only the end codes and end weights: every dp4a product at its largest; the padding
     taps hold the extreme zero point."""
     b = IntGraphBuilder("ext", seed=3, rounding="single_half_away")
-    x = _input(b, (2, 6, 8, 9), dtype, zp)
+    x = quantized_input(b, (2, 6, 8, 9), dtype, zp)
     g = b.output(b.conv(x, 12, k=3, stride=2, padding=(1, 1, 1, 1)),
                  b.requant(b.conv(x, 9, k=3, padding=(1, 0, 1, 0)), relu=True))
-    _extreme_weights(g)
-    _check(g, _codes(x, np.random.default_rng(1), extreme=True), dp4a=2)
+    extreme_weights(g)
+    _check(g, random_codes(x, np.random.default_rng(1), extreme=True), dp4a=2)
 
 
 def test_narrow_accumulator_wraps(emulate):
@@ -172,7 +150,7 @@ def test_narrow_accumulator_wraps(emulate):
     g = b.output(b.conv(x, 10, k=3, acc_bits=13),
                  b.requant(b.conv(x, 5, k=1, acc_bits=11, stride=2)),
                  b.linear(y, 7, acc_bits=14))
-    ref = _check(g, _codes(x, np.random.default_rng(3), extreme=True), dp4a=3)
+    ref = _check(g, random_codes(x, np.random.default_rng(3), extreme=True), dp4a=3)
     assert np.abs(ref[0]).max() < 2 ** 12 and np.abs(ref[2]).max() < 2 ** 13  # it did wrap
 
 
@@ -185,16 +163,16 @@ def test_conv_and_linear_network(emulate):
     y = b.requant(b.conv(y, 12, k=3, stride=2, padding=(1, 1, 1, 1)), dtype="u8")
     y = b.max_pool(y, k=2)
     g = b.output(b.requant(b.linear(b.op("flatten", [y], axis=1), 10), axis=1))
-    _check(g, _codes(x, np.random.default_rng(7)), dp4a=3)
+    _check(g, random_codes(x, np.random.default_rng(7)), dp4a=3)
 
 
 # ---- where the dp4a kernels do not apply --------------------------------------------------------
 
 def test_int16_input_wide_weights_and_int64_accumulator_fall_back(emulate):
     b = IntGraphBuilder("fb", seed=4, rounding="gemmlowp_double")
-    x16 = _input(b, (1, 4, 6, 6), "i16", 0)
+    x16 = quantized_input(b, (1, 4, 6, 6), "i16", 0)
     g16 = b.output(b.requant(b.conv(x16, 5, k=3)))
-    _check(g16, _codes(x16, np.random.default_rng(4)), dp4a=0)
+    _check(g16, random_codes(x16, np.random.default_rng(4)), dp4a=0)
 
     b = IntGraphBuilder("fb", seed=5, rounding="gemmlowp_double")
     x = b.input((1, 4, 6, 6), "u8")
@@ -203,21 +181,21 @@ def test_int16_input_wide_weights_and_int64_accumulator_fall_back(emulate):
     w.data[0, 0, 0, 0] = -128
     # zw = 20 puts one centred weight at -148, outside int8
     w.quant = QuantParams(w.quant.scale, (20,) + (0,) * 5, 8, True, axis=0)
-    _check(g, _codes(x, np.random.default_rng(5)), dp4a=0)
+    _check(g, random_codes(x, np.random.default_rng(5)), dp4a=0)
 
     b = IntGraphBuilder("fb", seed=6, rounding="gemmlowp_double")
     x = b.input((1, 4, 5, 5), "u8")
     g = b.output(b.conv(x, 6, k=3))
     bias = [v for v in g.constants.values() if v.dtype == "i32"][0]
     bias.data[:] = [2**31 - 5, -2**31 + 3, 2**31 - 1, 7, -2**31, 0]  # an int64 accumulator
-    _check(g, _codes(x, np.random.default_rng(6)), dp4a=0)
+    _check(g, random_codes(x, np.random.default_rng(6)), dp4a=0)
 
 
 def test_grouped_conv_keeps_its_kernel(emulate):
     b = IntGraphBuilder("grp", seed=2, rounding="gemmlowp_double")
     x = b.input((1, 6, 9, 8), "i8")
     g = b.output(b.requant(b.conv(x, 6, k=3, groups=6, padding=(1, 1, 1, 1))))
-    _check(g, _codes(x, np.random.default_rng(2)), dp4a=0)
+    _check(g, random_codes(x, np.random.default_rng(2)), dp4a=0)
 
 
 def test_a_missing_fold_is_caught(emulate, monkeypatch):
@@ -233,7 +211,7 @@ def test_a_missing_fold_is_caught(emulate, monkeypatch):
     x = b.input((1, 3, 11, 13), "u8")
     g = b.output(b.conv(x, 10, k=3, padding=(1, 1, 1, 1)))
     with pytest.raises(AssertionError, match="Arrays are not equal"):
-        _check(g, _codes(x, np.random.default_rng(1)), dp4a=1)
+        _check(g, random_codes(x, np.random.default_rng(1)), dp4a=1)
 
 
 def test_dp4a_mode_follows_the_target():

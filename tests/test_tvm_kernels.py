@@ -11,36 +11,13 @@ import qcompile  # noqa: E402
 from qcompile.ir.types import QuantParams  # noqa: E402
 from qcompile.targets import tvm as qtvm  # noqa: E402
 from qcompile.targets.c.testing import IntGraphBuilder  # noqa: E402
+from qcompile.targets.tvm.testing import (extreme_weights, quantized_input,  # noqa: E402
+                                           random_codes)
 from qcompile.targets.tvm import ops as tvm_ops  # noqa: E402
 from qcompile.targets.tvm.schedules import mac_lanes  # noqa: E402
 from qcompile.targets.tvm.target import make_target  # noqa: E402
 
 HOST_PACKS = mac_lanes(make_target(None)) > 0
-
-
-def _input(b: IntGraphBuilder, shape, dtype: str, zp: int):
-    x = b.input(shape, dtype)
-    bits = 16 if dtype.endswith("16") else 8
-    x.quant = QuantParams((0.05,), (zp,), bits, dtype.startswith("i"))
-    return x
-
-
-def _codes(x, rng, extreme: bool = False) -> np.ndarray:
-    lo, hi = {"u8": (0, 255), "i8": (-128, 127), "i16": (-32768, 32767)}[x.dtype]
-    dt = {"u8": np.uint8, "i8": np.int8, "i16": np.int16}[x.dtype]
-    if extreme:  # only the two end codes: the largest products the kernels can see
-        return rng.choice([lo, hi], x.shape).astype(dt)
-    return rng.integers(lo, hi + 1, x.shape).astype(dt)
-
-
-def _extreme_weights(g, name_prefix: str = "w") -> None:
-    """Set some weights of every conv/linear to -128 and 127 (the ends of i8)."""
-    for v in g.constants.values():
-        if v.name.startswith(name_prefix) and v.dtype == "i8" and v.quant is not None \
-                and not any(v.quant.zero_point):
-            flat = v.data.reshape(-1)
-            flat[::3] = -128
-            flat[1::3] = 127
 
 
 def _check(g, xs, packed: bool | None = None):
@@ -76,17 +53,17 @@ def test_packed_conv_is_bit_exact(case, dtype, pmadd, monkeypatch):
     b = IntGraphBuilder("conv", seed=case)
     x = b.input(shape, dtype)
     g = b.output(b.requant(b.conv(x, o, **kw), dtype="u8" if case % 2 else "i8"))
-    _check(g, _codes(x, np.random.default_rng(case)), packed=True)
+    _check(g, random_codes(x, np.random.default_rng(case)), packed=True)
 
 
 @pytest.mark.parametrize("dtype,zp", [("u8", 0), ("u8", 255), ("i8", -128), ("i8", 127)])
 def test_extreme_zero_points_codes_and_weights(dtype, zp):
     b = IntGraphBuilder("ext", seed=3, rounding="single_half_away")
-    x = _input(b, (1, 6, 8, 9), dtype, zp)
+    x = quantized_input(b, (1, 6, 8, 9), dtype, zp)
     acc = b.conv(x, 12, k=3, stride=2, padding=(1, 1, 1, 1))
     g = b.output(acc, b.requant(b.conv(x, 9, k=3, padding=(1, 0, 1, 0))))
-    _extreme_weights(g)
-    _check(g, _codes(x, np.random.default_rng(1), extreme=True), packed=True)
+    extreme_weights(g, "w")
+    _check(g, random_codes(x, np.random.default_rng(1), extreme=True), packed=True)
 
 
 @pytest.mark.parametrize("rounding", ["gemmlowp_double", "single_half_up", "single_half_away",
@@ -99,7 +76,7 @@ def test_requantize_epilogue_every_rounding(rounding, per_channel):
                   relu=True)
     g = b.output(y, b.requant(b.linear(b.op("flatten", [y], axis=1), 13), axis=1,
                               per_channel=per_channel))
-    _check(g, _codes(x, np.random.default_rng(2)))
+    _check(g, random_codes(x, np.random.default_rng(2)))
 
 
 def test_narrow_accumulator_wraps_in_the_packed_kernel():
@@ -107,7 +84,7 @@ def test_narrow_accumulator_wraps_in_the_packed_kernel():
     x = b.input((1, 9, 6, 6), "u8")
     g = b.output(b.conv(x, 10, k=3, acc_bits=13),
                  b.requant(b.conv(x, 5, k=1, acc_bits=11, stride=2)))
-    ref = _check(g, _codes(x, np.random.default_rng(3), extreme=True), packed=True)
+    ref = _check(g, random_codes(x, np.random.default_rng(3), extreme=True), packed=True)
     assert np.abs(ref[0]).max() < 2 ** 12  # it did wrap
 
 
@@ -119,7 +96,7 @@ def test_int64_accumulator_keeps_the_plain_kernel():
     # a bias near the int32 limit: the build-time bound no longer fits int32
     bias = [v for v in g.constants.values() if v.dtype == "i32"][0]
     bias.data[:] = np.array([2**31 - 5, -2**31 + 3, 2**31 - 1, 7, -2**31, 0])[:bias.data.size]
-    _check(g, _codes(x, np.random.default_rng(4)), packed=False)
+    _check(g, random_codes(x, np.random.default_rng(4)), packed=False)
 
 
 @pytest.mark.parametrize("groups", [2, 6])
@@ -129,7 +106,7 @@ def test_grouped_and_depthwise_convs(groups):
     y = b.requant(b.conv(x, 6 if groups == 6 else 10, k=3, stride=2, groups=groups,
                          padding=(1, 1, 1, 1), weight_zp=True))
     g = b.output(y)
-    _check(g, _codes(x, np.random.default_rng(groups), extreme=True), packed=False)
+    _check(g, random_codes(x, np.random.default_rng(groups), extreme=True), packed=False)
 
 
 @pytest.mark.parametrize("shape,o,kw", [
@@ -139,10 +116,10 @@ def test_grouped_and_depthwise_convs(groups):
 ])
 def test_pmadd_conv_edges_with_extreme_codes(shape, o, kw):
     b = IntGraphBuilder("pm", seed=o, rounding="single_half_away")
-    x = _input(b, shape, "i8", -128)
+    x = quantized_input(b, shape, "i8", -128)
     g = b.output(b.conv(x, o, **kw), b.requant(b.conv(x, o + 3, **kw), dtype="u8"))
-    _extreme_weights(g)
-    _check(g, _codes(x, np.random.default_rng(o), extreme=True), packed=True)
+    extreme_weights(g, "w")
+    _check(g, random_codes(x, np.random.default_rng(o), extreme=True), packed=True)
 
 
 @pytest.mark.parametrize("shape,o,dtype", [
@@ -153,12 +130,12 @@ def test_pmadd_conv_edges_with_extreme_codes(shape, o, kw):
 ])
 def test_pointwise_pixel_lanes_is_bit_exact(shape, o, dtype):
     b = IntGraphBuilder("pw", seed=o, rounding="gemmlowp_double")
-    x = _input(b, shape, dtype, 0 if dtype == "i16" else 5)
+    x = quantized_input(b, shape, dtype, 0 if dtype == "i16" else 5)
     g = b.output(b.requant(b.conv(x, o, k=1, weight_zp=True), relu=True),
                  b.conv(x, o + 1, k=1, acc_bits=19), b.requant(b.conv(x, o, k=1), dtype="u8"))
-    _extreme_weights(g)
+    extreme_weights(g, "w")
     module = qtvm.build(g, None, batch=shape[0])
-    xs = _codes(x, np.random.default_rng(o), extreme=True)
+    xs = random_codes(x, np.random.default_rng(o), extreme=True)
     for r, out in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
         np.testing.assert_array_equal(r, out)
     if mac_lanes(make_target(None)) == 8:
@@ -189,13 +166,13 @@ DEPTHWISE = [
 def test_depthwise_pixel_lanes_is_bit_exact(case, dtype, zp):
     shape, kw = DEPTHWISE[case]
     b = IntGraphBuilder("dw", seed=case, rounding="gemmlowp_double")
-    x = _input(b, shape, dtype, zp)
+    x = quantized_input(b, shape, dtype, zp)
     c = shape[1]
     g = b.output(b.conv(x, c, groups=c, weight_zp=case % 2 == 1, **kw),
                  b.requant(b.conv(x, c, groups=c, **kw), relu=True))
-    _extreme_weights(g)
+    extreme_weights(g, "w")
     module = qtvm.build(g, None, batch=shape[0])
-    xs = _codes(x, np.random.default_rng(case), extreme=zp != 3)
+    xs = random_codes(x, np.random.default_rng(case), extreme=zp != 3)
     for r, o in zip(qcompile.run(g, [xs], mode="int"), module(xs)):
         np.testing.assert_array_equal(r, o)
     if HOST_PACKS:  # column strides 1 and 2 take the pixel-lanes kernel, unless a row
@@ -209,7 +186,7 @@ def test_depthwise_fallbacks_stay_exact(monkeypatch):
     x = b.input((1, 10, 9, 9), "u8")
     g = b.output(b.requant(b.conv(x, 10, k=3, groups=10, padding=(1, 1, 1, 1))),
                  b.conv(x, 20, k=3, groups=10))   # channel multiplier 2: the plain kernel
-    xs = _codes(x, np.random.default_rng(6))
+    xs = random_codes(x, np.random.default_rng(6))
     ref = qcompile.run(g, [xs], mode="int")
     for rows in (True, False):
         monkeypatch.setattr(tvm_ops, "DEPTHWISE_ROWS", rows)
@@ -222,10 +199,10 @@ def test_depthwise_fallbacks_stay_exact(monkeypatch):
 @pytest.mark.parametrize("dtype", ["i16", "u8"])
 def test_linear_takes_16_bit_inputs(dtype):
     b = IntGraphBuilder("fc", seed=8, rounding="single_half_up")
-    x = _input(b, (3, 37), dtype, 0)
+    x = quantized_input(b, (3, 37), dtype, 0)
     g = b.output(b.linear(x, 19), b.requant(b.linear(x, 21), axis=1, dtype="i16"))
-    _extreme_weights(g, "fc.w")
-    _check(g, _codes(x, np.random.default_rng(9), extreme=True))
+    extreme_weights(g, "fc.w")
+    _check(g, random_codes(x, np.random.default_rng(9), extreme=True))
 
 
 # ---- the pmaddwd GEMM (qlinear, qmatmul of two activations)
@@ -245,17 +222,17 @@ LINEARS = [
 def test_packed_linear_is_bit_exact(case, dtype, zp):
     shape, o = LINEARS[case]
     b = IntGraphBuilder("fc", seed=20 + case, rounding="single_half_away")
-    x = _input(b, shape, dtype, zp)
+    x = quantized_input(b, shape, dtype, zp)
     g = b.output(b.linear(x, o), b.requant(b.linear(x, o + 5), axis=len(shape) - 1))
-    _extreme_weights(g, "fc.w")
-    _check(g, _codes(x, np.random.default_rng(case), extreme=True), packed=True)
+    extreme_weights(g, "fc.w")
+    _check(g, random_codes(x, np.random.default_rng(case), extreme=True), packed=True)
 
 
 def test_packed_linear_wraps_a_narrow_accumulator():
     b = IntGraphBuilder("fcw", seed=13, rounding="gemmlowp_double")
     x = b.input((4, 50), "u8")
     g = b.output(b.linear(x, 12, acc_bits=12))
-    ref = _check(g, _codes(x, np.random.default_rng(5), extreme=True), packed=True)
+    ref = _check(g, random_codes(x, np.random.default_rng(5), extreme=True), packed=True)
     assert np.abs(ref[0]).max() < 2 ** 11
 
 
@@ -278,12 +255,12 @@ MATMULS = [
 def test_packed_matmul_is_bit_exact(case):
     ash, bsh, (adt, azp), (bdt, bzp) = MATMULS[case]
     b = IntGraphBuilder("mm", seed=30 + case, rounding="single_half_up")
-    a, c = _input(b, ash, adt, azp), _input(b, bsh, bdt, bzp)
+    a, c = quantized_input(b, ash, adt, azp), quantized_input(b, bsh, bdt, bzp)
     c.name = "y"
     g = b.output(*_matmul(b, a, c))
     rng = np.random.default_rng(case)
     module = qtvm.build(g, None, batch=ash[0])
-    xs = [_codes(a, rng, extreme=True), _codes(c, rng, extreme=True)]
+    xs = [random_codes(a, rng, extreme=True), random_codes(c, rng, extreme=True)]
     for r, o in zip(qcompile.run(g, xs, mode="int"), module(*xs)):
         np.testing.assert_array_equal(r, o)
 
@@ -291,10 +268,10 @@ def test_packed_matmul_is_bit_exact(case):
 def test_wide_matmul_keeps_the_plain_kernel():
     # i16 x i16 over 40 steps can leave int32: the int64 kernel, still exact
     b = IntGraphBuilder("mmw", seed=40, rounding="single_half_up")
-    a, c = _input(b, (1, 3, 40), "i16", 0), _input(b, (1, 40, 5), "i16", 0)
+    a, c = quantized_input(b, (1, 3, 40), "i16", 0), quantized_input(b, (1, 40, 5), "i16", 0)
     c.name = "y"
     g = b.output(_matmul(b, a, c)[0])
     rng = np.random.default_rng(7)
-    xs = [_codes(a, rng, extreme=True), _codes(c, rng, extreme=True)]
+    xs = [random_codes(a, rng, extreme=True), random_codes(c, rng, extreme=True)]
     module = qtvm.build(g, None, batch=1)
     np.testing.assert_array_equal(qcompile.run(g, xs, mode="int")[0], module(*xs)[0])

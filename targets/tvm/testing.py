@@ -65,3 +65,35 @@ def lanes_kernel(key: Hashable, body: Callable, lanes: int, in_dtypes: Sequence[
                                   for v, dt in zip(lists, in_dtypes)), y)
         return y.numpy()
     return run
+
+
+# ---- one-node integer graphs for the MAC kernels' exactness tests ------------------------------
+
+def quantized_input(b, shape, dtype: str, zp: int):
+    """An input of an IntGraphBuilder graph with scale 0.05 and zero point `zp`."""
+    from qcompile.ir.types import QuantParams
+    x = b.input(shape, dtype)
+    bits = 16 if dtype.endswith("16") else 8
+    x.quant = QuantParams((0.05,), (zp,), bits, dtype.startswith("i"))
+    return x
+
+
+def random_codes(x, rng, extreme: bool = False) -> np.ndarray:
+    """Codes for input `x` (u8, i8 or i16); `extreme`: only its two end codes, the largest
+    products a kernel can see."""
+    lo, hi = {"u8": (0, 255), "i8": (-128, 127), "i16": (-32768, 32767)}[x.dtype]
+    dt = {"u8": np.uint8, "i8": np.int8, "i16": np.int16}[x.dtype]
+    if extreme:
+        return rng.choice([lo, hi], x.shape).astype(dt)
+    return rng.integers(lo, hi + 1, x.shape).astype(dt)
+
+
+def extreme_weights(g, name_prefix: str = "") -> None:
+    """Set every third i8 weight (of the constants named `name_prefix`...) with zero points
+    0 to -128 and the next to 127, the ends of i8."""
+    for v in g.constants.values():
+        if v.name.startswith(name_prefix) and v.dtype == "i8" and v.quant is not None \
+                and not any(v.quant.zero_point):
+            flat = v.data.reshape(-1)
+            flat[::3] = -128
+            flat[1::3] = 127
