@@ -3,8 +3,9 @@ one in the same run: qlinear on MiniLM shapes (the vpmaddwd GEMM against the row
 dense kernel), convolutions on ResNet-18/MobileNetV2 shapes (the vpmaddwd direct conv against
 the vpmulld packed conv), depthwise convolutions (the pixel-lanes kernel against the plain
 row-vectorised one), 1x1 convolutions on large maps (the pixel-lanes vpmaddwd kernel
-against pmadd_conv), and the requantize epilogue of the pixel-lanes kernels (SRDHM two lanes
-per int64 word against lane by lane).
+against pmadd_conv), the requantize epilogue of the pixel-lanes kernels (SRDHM two lanes
+per int64 word against lane by lane), and the stride-2 depthwise kernel's column phases
+(read as 16-bit words against a stride-2 byte load).
 
     python benchmarks/tvm_kernels.py [--runs 40] [--threads 2] [--only epilogue]
 
@@ -36,6 +37,7 @@ from qcompile.targets import tvm as qtvm  # noqa: E402
 from qcompile.targets.c.testing import IntGraphBuilder  # noqa: E402
 from qcompile.targets.tvm import arith  # noqa: E402
 from qcompile.targets.tvm import ops as tvm_ops  # noqa: E402
+from qcompile.targets.tvm import schedules  # noqa: E402
 
 #: the requantize rounding of every graph: lower-integer's default (TFLite's)
 ROUNDING = "gemmlowp_double"
@@ -48,6 +50,9 @@ DEPTHWISE = [((1, 144, 56, 56), 1), ((1, 384, 14, 14), 1), ((1, 96, 112, 112), 2
 # the pixel-lanes kernels, whose epilogue gets whole vectors
 EPILOGUE = [((1, 16, 112, 112), 96), ((1, 24, 56, 56), 144)]
 EPILOGUE_DW = [(1, 144, 56, 56)]
+# depthwise_rows at stride 2: its column phases from a stride-2 byte load (old) or from
+# 16-bit words (new)
+PHASES = [(1, 96, 112, 112), (1, 144, 56, 56)]
 POINTWISE = [((1, 16, 112, 112), 96), ((1, 24, 56, 56), 144), ((1, 144, 56, 56), 24),
              ((1, 32, 28, 28), 192), ((1, 96, 14, 14), 576), ((1, 160, 7, 7), 960)]
 
@@ -68,7 +73,7 @@ def conv_graph(shape, o, k, stride, groups=1):
 def build_kernel(g, x, switch: str, new: bool):
     """The module of graph `g` with the switch on (new) or off (old), checked bit-exact
     against the interpreter, and its input codes."""
-    owner = arith if switch == "PAIRED_SRDHM" else tvm_ops
+    owner = {"PAIRED_SRDHM": arith, "PAIRED_BYTES": schedules}.get(switch, tvm_ops)
     setattr(owner, switch, new)
     # the conv cases compare pmadd_conv with the older kernel, so 1x1 convs stay off the
     # pixel-lanes kernel there
@@ -113,6 +118,8 @@ def main() -> None:
               for s, o in EPILOGUE]
     cases += [(f"epilogue dw 3x3 {s[1]} @{s[2]}", "PAIRED_SRDHM",
                *conv_graph(s, s[1], 3, 1, groups=s[1])) for s in EPILOGUE_DW]
+    cases += [(f"phases dw 3x3 {s[1]} @{s[2]} s2", "PAIRED_BYTES",
+               *conv_graph(s, s[1], 3, 2, groups=s[1])) for s in PHASES]
     print(f"{'kernel':34s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")
     for label, switch, g, x in (c for c in cases if args.only in c[0]):
         old, new = time_old_new(g, x, switch)

@@ -158,6 +158,10 @@ DEPTHWISE = [
     # stride 2 across columns only, dilated: taps in both column phases at offsets 0 and 1
     ((1, 5, 9, 40), dict(k=3, stride=(1, 2), dilation=(1, 3), padding=(0, 3, 1, 2))),
     ((1, 7, 6, 70), dict(k=(1, 4), stride=(2, 1), padding=(0, 0, 0, 1))),  # 3 tiles per row
+    # stride 2 over rows of even length: the phases come from 16-bit words (PAIRED_BYTES),
+    # odd columns in the high byte with padding 1, in the low byte without padding
+    ((2, 6, 12, 34), dict(k=3, stride=2, padding=(1, 1, 1, 1))),
+    ((1, 4, 7, 36), dict(k=(2, 3), stride=2)),
 ]
 
 

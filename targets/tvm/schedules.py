@@ -43,6 +43,12 @@ PARALLEL_MIN = 1 << 15
 PARALLEL_MIN_MACS = 1 << 19
 
 
+#: depthwise_rows at column stride 2 reads 8-bit rows of even length as 16-bit words (each
+#: phase a byte of every word); False: a stride-2 byte load, which LLVM gathers byte by byte
+#: (benchmarks/tvm_kernels.py compares the two)
+PAIRED_BYTES = True
+
+
 def _task_loop(macs: int):
     """T.parallel for kernels with enough work, else T.serial (see PARALLEL_MIN_MACS)."""
     from tvm.script import tirx as T
@@ -633,6 +639,17 @@ def depthwise_rows(x, w, out, jt: int, lanes: int, stride: tuple, dilation: tupl
     zv = T.Broadcast(T.Cast(pad_dtype, zx), 2 * lanes)
     tasks = _task_loop(n_ * ch * oh * ow * kh * kw)
     parallel = tasks is T.parallel
+    # LLVM gathers a stride-2 byte load one vpinsrb per byte; with an even row length every
+    # row starts on a 16-bit word, so both phases come from the row's words instead
+    paired_bytes = PAIRED_BYTES and sw == 2 and wd % 2 == 0 and x.dtype in ("int8", "uint8")
+
+    def byte_of(word, high: int):
+        """The int8/uint8 code in the low (high=0) or high byte of a uint16 word, as
+        pad_dtype."""
+        if x.dtype == "uint8":
+            return T.Cast(pad_dtype, (word >> T.uint16(8 * high)) & T.uint16(0xFF))
+        signed = T.reinterpret("int16", word)
+        return T.Cast(pad_dtype, (signed << T.int16(8 - 8 * high)) >> T.int16(8))
 
     @T.prim_func(check_well_formed=False)
     def dw_rows():
@@ -641,6 +658,7 @@ def depthwise_rows(x, w, out, jt: int, lanes: int, stride: tuple, dilation: tupl
         # one plane that every task reuses
         planes = T.decl_buffer((n_ * ch if parallel else 1, hp, sw, wq), pad_dtype,
                                scope="global")
+        xw = T.decl_buffer((n_ * ch * h * wd // 2,), "uint16", data=x.data)
         for task in tasks(n_ * ch):
             # by substitution, not Lets (see pmadd_conv)
             b = T.meta_var(task // ch)
@@ -652,12 +670,25 @@ def depthwise_rows(x, w, out, jt: int, lanes: int, stride: tuple, dilation: tupl
                     for jv in range(wq // (2 * lanes)):
                         xp[r, p, T.ramp(jv * 2 * lanes, 1, 2 * lanes)] = zv
             for r in range(h):
-                if an > 0:
-                    for j in T.vectorized(an):
-                        xp[r + top, 0, a0 + j] = T.Cast(pad_dtype, x[b, c, r, ac + j * sw])
-                if sw == 2 and bn > 0:
-                    for j in T.vectorized(bn):
-                        xp[r + top, 1, b0 + j] = T.Cast(pad_dtype, x[b, c, r, bc + j * 2])
+                if paired_bytes:
+                    # stride 2 on 8-bit codes: a phase's columns are every other byte, so read
+                    # the row as 16-bit words and take each word's low or high byte
+                    if an > 0:
+                        for j in T.vectorized(an):
+                            xp[r + top, 0, a0 + j] = byte_of(
+                                xw[((b * ch + c) * h + r) * (wd // 2) + ac // 2 + j], ac % 2)
+                    if bn > 0:
+                        for j in T.vectorized(bn):
+                            xp[r + top, 1, b0 + j] = byte_of(
+                                xw[((b * ch + c) * h + r) * (wd // 2) + bc // 2 + j], bc % 2)
+                else:
+                    if an > 0:
+                        for j in T.vectorized(an):
+                            xp[r + top, 0, a0 + j] = T.Cast(pad_dtype, x[b, c, r, ac + j * sw])
+                    if sw == 2 and bn > 0:
+                        for j in T.vectorized(bn):
+                            xp[r + top, 1, b0 + j] = T.Cast(pad_dtype,
+                                                             x[b, c, r, bc + j * 2])
             for i in range(oh):
                 for jo in range(jb):
                     a = T.decl_buffer((tile,), "int32", scope="global")
