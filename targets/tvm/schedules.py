@@ -85,7 +85,7 @@ def cpu_scheduler(target) -> Callable:
         else:
             for block in _blocks(sch):
                 _elementwise(sch, block, lanes)
-        return sch.mod["main"].with_attr("tir.is_scheduled", True)
+        return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     schedule.mac_lanes = mac
     return schedule
 

@@ -191,7 +191,7 @@ def replay(func: tir.PrimFunc, record: dict, target) -> tir.PrimFunc:
     except Exception as exc:  # a record that does not fit the kernel any more
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1]
         raise TVMTuningError(f"a tuning record does not apply to its kernel: {first}") from None
-    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def _apply(func: tir.PrimFunc, space, decisions: Optional[list], seed: int = 0):
