@@ -4,7 +4,8 @@ dense kernel), convolutions on ResNet-18/MobileNetV2 shapes (the vpmaddwd direct
 the vpmulld packed conv), depthwise convolutions (the pixel-lanes kernel against the plain
 row-vectorised one), 1x1 convolutions on large maps (the pixel-lanes vpmaddwd kernel
 against pmadd_conv), the requantize epilogue of the pixel-lanes kernels (SRDHM two lanes
-per int64 word against lane by lane), and the stride-2 depthwise kernel's column phases
+per int64 word against lane by lane; RDBPOT in its short form for right shifts known to be
+at least 1 against the general one), and the stride-2 depthwise kernel's column phases
 (read as 16-bit words against a stride-2 byte load).
 
     python benchmarks/tvm_kernels.py [--runs 40] [--threads 2] [--only epilogue]
@@ -73,7 +74,8 @@ def conv_graph(shape, o, k, stride, groups=1):
 def build_kernel(g, x, switch: str, new: bool):
     """The module of graph `g` with the switch on (new) or off (old), checked bit-exact
     against the interpreter, and its input codes."""
-    owner = {"PAIRED_SRDHM": arith, "PAIRED_BYTES": schedules}.get(switch, tvm_ops)
+    owner = {"PAIRED_SRDHM": arith, "SHORT_RDBPOT": arith,
+             "PAIRED_BYTES": schedules}.get(switch, tvm_ops)
     setattr(owner, switch, new)
     # the conv cases compare pmadd_conv with the older kernel, so 1x1 convs stay off the
     # pixel-lanes kernel there
@@ -118,6 +120,10 @@ def main() -> None:
               for s, o in EPILOGUE]
     cases += [(f"epilogue dw 3x3 {s[1]} @{s[2]}", "PAIRED_SRDHM",
                *conv_graph(s, s[1], 3, 1, groups=s[1])) for s in EPILOGUE_DW]
+    cases += [(f"rdbpot 1x1 {s[1]}->{o} @{s[2]}", "SHORT_RDBPOT", *conv_graph(s, o, 1, 1))
+              for s, o in EPILOGUE]
+    cases += [(f"rdbpot conv 3x3 {s[1]}->{o} @{s[2]}", "SHORT_RDBPOT", *conv_graph(s, o, 3, 1))
+              for s, o, _, _ in CONVS[:1]]
     cases += [(f"phases dw 3x3 {s[1]} @{s[2]} s2", "PAIRED_BYTES",
                *conv_graph(s, s[1], 3, 2, groups=s[1])) for s in PHASES]
     print(f"{'kernel':34s} {'old ms':>9s} {'new ms':>9s} {'old/new':>8s}")

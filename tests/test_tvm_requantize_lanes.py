@@ -18,12 +18,16 @@ I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 ROUNDINGS = ("gemmlowp_double", "single_half_up", "single_half_away")
 
 
-def _cases(rounding: str, lanes: int, per_vector: bool, seed: int = 0):
+SHIFTS = {"any": (-31, 31), "right": (-31, -1), "left": (0, 31)}
+
+
+def _cases(rounding: str, lanes: int, per_vector: bool, shifts: str = "any", seed: int = 0):
     """(acc, m0, shift) lists whose every element is in intmath.requantize's domain; with
-    per_vector, m0 and shift are constant over each vector (one channel per vector)."""
+    per_vector, m0 and shift are constant over each vector (one channel per vector); the
+    shifts lie in SHIFTS[shifts]."""
     rng = np.random.default_rng(seed)
     n = 64 * lanes
-    shift = rng.integers(-31, 31, n)
+    shift = rng.integers(*SHIFTS[shifts], n, endpoint=True)
     if rounding != "gemmlowp_double":
         shift = np.minimum(shift, 30)
     m0 = rng.choice([1 << 30, I32_MAX, (1 << 30) + 1], n)
@@ -58,17 +62,39 @@ def _in_range(a, m, s, rounding) -> bool:
 @pytest.mark.parametrize("rounding", ROUNDINGS)
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("per_vector", [True, False], ids=["channel-per-vector", "per-lane"])
-def test_vector_requantize_matches_intmath(rounding, lanes, per_vector):
-    acc, m0, shift, expect = _cases(rounding, lanes, per_vector)
+@pytest.mark.parametrize("shifts", list(SHIFTS))
+def test_vector_requantize_matches_intmath(rounding, lanes, per_vector, shifts):
+    """With the shifts' static range passed on, as the MAC epilogues do: "right" (every shift
+    <= -1) takes the short RDBPOT, "left" drops the right shift, "any" keeps both."""
+    acc, m0, shift, expect = _cases(rounding, lanes, per_vector, shifts)
+    static = (int(shift.min()), int(shift.max()))
 
     def body(first, x, m, s):
         def at(buf):  # one constant per vector, or one per lane
             return buf[first] if per_vector else buf[arith.tir.Ramp(first, 1, lanes)]
-        return arith.requantize32(x[arith.tir.Ramp(first, 1, lanes)], at(m), at(s), rounding)
+        return arith.requantize32(x[arith.tir.Ramp(first, 1, lanes)], at(m), at(s), rounding,
+                                  static)
 
-    run = lanes_kernel(("requantize32", rounding, lanes, per_vector), body, lanes,
+    run = lanes_kernel(("requantize32", rounding, lanes, per_vector, static), body, lanes,
                        ("int32", "int32", "int32"), "int32")
     np.testing.assert_array_equal(run(acc, m0, shift), expect)
+
+
+@pytest.mark.parametrize("e", [1, 2, 7, 30, 31])
+def test_short_rdbpot_matches_intmath_at_ties_and_extremes(e):
+    """_rdbpot_from_1 against intmath.rdbpot on every tie of x / 2**e near zero and the
+    largest magnitudes an srdhm result can take (|x| <= 2**31 - 2), at a constant shift."""
+    half = 1 << (e - 1)
+    x = np.array([0, 1, -1, half, -half, half - 1, -half + 1, half + 1, -half - 1,
+                  3 * half, -3 * half, I32_MAX - 1, I32_MIN + 2, I32_MAX - 1 - half,
+                  I32_MIN + 2 + half, 5 * half], dtype=np.int64)
+    x = np.where((x > I32_MIN + 1) & (x < I32_MAX), x, 0)  # the srdhm results' range
+
+    def body(first, xs):
+        return arith._rdbpot_from_1(xs[arith.tir.Ramp(first, 1, 16)], e)
+
+    run = lanes_kernel(("rdbpot_from_1", e), body, 16, ("int32",), "int32")
+    np.testing.assert_array_equal(run(x), intmath.rdbpot(x, e))
 
 
 def test_srdhm_pairs_is_exact_at_the_extremes():

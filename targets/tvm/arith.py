@@ -140,22 +140,46 @@ def rdbpot(x, e: Expr):
     return i64(_rdbpot32(x, e))
 
 
-def _left_right(shift: Expr):
+def _left_right(shift: Expr, shift_range: tuple = None):
+    """(left, right) = (max(shift, 0), max(-shift, 0)); a side that `shift_range` (the static
+    (min, max) of a per-channel table) rules out is the int 0, so no shift is emitted."""
     if isinstance(shift, int):
         return max(shift, 0), max(-shift, 0)
+    lo, hi = shift_range or (-31, 31)
     zero = tir.const(0, I32)
     s = i32(shift)
-    return tir.max(s, zero), tir.max(-s, zero)
+    left = 0 if hi <= 0 else s if lo >= 0 else tir.max(s, zero)
+    right = 0 if lo >= 0 else -s if hi <= 0 else tir.max(-s, zero)
+    return left, right
 
 
-def requantize32(x, m0: Expr, shift: Expr, rounding: str):
+#: RDBPOT by a right shift known to be at least 1 in its shorter form (_rdbpot_from_1)
+SHORT_RDBPOT = True
+
+
+def _rdbpot_from_1(x, e: Expr):
+    """intmath.rdbpot(x, e) for e >= 1 and INT32_MIN < x < INT32_MAX (every srdhm result:
+    |srdhm| <= 2**31 - 2): with y = x - [x < 0], (floor(y / 2**(e-1)) + 1) >> 1. For x >= 0
+    that is floor((x + 2**(e-1)) / 2**e), half up; for x < 0 it is
+    floor((x - 1 + 2**(e-1)) / 2**e), which rounds a tie down, away from zero. Both steps
+    are exact floors of the same quotient (floor((floor(q) + 1) / 2) = floor((q + 1) / 2)),
+    and nothing overflows: x - 1 > INT32_MIN - 1 and the +1 meets at most 2**31 - 2. Five
+    int32 vector operations against _rdbpot32's six, and no mask or threshold constant."""
+    xv = i32(x)
+    one = tir.const(1, I32)
+    y = xv + (xv >> tir.const(31, I32))
+    return ((y >> (i32(e) - one)) + one) >> one
+
+
+def requantize32(x, m0: Expr, shift: Expr, rounding: str, shift_range: tuple = None):
     """x * m0 * 2**(shift - 31) rounded per `rounding` (intmath.requantize / shift_requantize)
     as an int32 expression.
 
     `x` is an integer expression holding an int32 value. intmath raises wherever an
     intermediate or the result would leave int32, so here they all fit: everything runs in
     int32 except the one 32x32->64 product, which vectorises (vpmuldq) where int64 chains
-    with per-channel 64-bit shifts would not."""
+    with per-channel 64-bit shifts would not. `shift_range`, the static (min, max) of a
+    per-channel shift table, drops the shifts it rules out."""
     if rounding == "shift_only":
         left, right = _left_right(shift)
         if isinstance(shift, int):
@@ -163,10 +187,13 @@ def requantize32(x, m0: Expr, shift: Expr, rounding: str):
         xv = i32(x)
         return select(i32(shift) >= tir.const(0, I32), xv << left, _rdbpot32(xv, right))
     if rounding == "gemmlowp_double":
-        left, right = _left_right(shift)
+        left, right = _left_right(shift, shift_range)
         xs = i32(x) if isinstance(left, int) and left == 0 else \
             i32(x) << (tir.const(left, I32) if isinstance(left, int) else left)
-        return _rdbpot32(i32(srdhm(xs, m0)), right)
+        y = i32(srdhm(xs, m0))
+        at_least_1 = right >= 1 if isinstance(right, int) else \
+            shift_range is not None and shift_range[1] <= -1
+        return _rdbpot_from_1(y, right) if SHORT_RDBPOT and at_least_1 else _rdbpot32(y, right)
     if rounding in ("single_half_up", "single_half_away"):
         # n = 31 - shift in [1, 62]: the shift itself has to be 64-bit
         n = (31 - shift) if isinstance(shift, int) else tir.const(31, I64) - i64(shift)
@@ -179,17 +206,17 @@ def requantize32(x, m0: Expr, shift: Expr, rounding: str):
     raise ValueError(f"unknown requantization rounding {rounding!r}")
 
 
-def requantize(x, m0: Expr, shift: Expr, rounding: str):
+def requantize(x, m0: Expr, shift: Expr, rounding: str, shift_range: tuple = None):
     """requantize32 as an int64 expression (the form the element-wise kernels add to)."""
-    return i64(requantize32(x, m0, shift, rounding))
+    return i64(requantize32(x, m0, shift, rounding, shift_range))
 
 
 def requantize_clamp(x, m0: Expr, shift: Expr, rounding: str, zy: int, lo: int, hi: int,
-                     dtype: str):
+                     dtype: str, shift_range: tuple = None):
     """clip(requantize(x) + zy, lo, hi) stored as `dtype`, in int32 where that is exact:
     clip(y + zy, lo, hi) == clip(y, lo - zy, hi - zy) + zy, and the right side cannot
     overflow when both bounds fit int32 (AVX2 has no 64-bit min/max)."""
-    return offset_clamp(requantize32(x, m0, shift, rounding), zy, lo, hi, dtype)
+    return offset_clamp(requantize32(x, m0, shift, rounding, shift_range), zy, lo, hi, dtype)
 
 
 def offset_clamp(y, zy: Expr, lo: int, hi: int, dtype: str, zy_range: tuple = None):

@@ -39,6 +39,7 @@ def _requant_epilogue(low: Lowering, k: Kernel, rq: Node, rank: int):
     zx = k.table("zx", q_in.zero_point)
     zx_axis = (q_in.axis or 0) % rank
     rounding, lo, hi = a["rounding"], a["clamp_min"], a["clamp_max"]
+    shifts = (min(a["shift"]), max(a["shift"])) if len(a["shift"]) else None
     dtype = tvm_dtype(a["dtype"])
     q_out = rq.output.quant
 
@@ -52,14 +53,15 @@ def _requant_epilogue(low: Lowering, k: Kernel, rq: Node, rank: int):
 
         def per_channel_epilogue(acc, idx):
             y = arith.requantize(centred(acc, idx), k.read(m, idx[axis]), k.read(s, idx[axis]),
-                                 rounding)
+                                 rounding, shifts)
             return arith.clamp_cast(y + zy_at(idx), lo, hi, dtype)
         return per_channel_epilogue
     zy = low.zero_point(rq.output, rq)
 
     def epilogue(acc, idx):
         return arith.requantize_clamp(centred(acc, idx), k.read(m, idx[axis]),
-                                      k.read(s, idx[axis]), rounding, zy, lo, hi, dtype)
+                                      k.read(s, idx[axis]), rounding, zy, lo, hi, dtype,
+                                      shifts)
     return epilogue
 
 
