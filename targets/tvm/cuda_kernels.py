@@ -42,7 +42,7 @@ from tvm import tirx as tir
 from qcompile.ir.graph import Node, Value
 from qcompile.ir.types import int_bits, int_range, is_signed
 
-from .lower import Kernel, Lowering, _ident
+from .lower import Kernel, Lowering
 from .ops import (INT32_HI, _fused_extern, _mac_dtype, _mac_epilogue, _unravel)
 
 #: Build the dp4a kernels into LLVM (CPU) modules as well, with serial loops and a portable
@@ -252,17 +252,6 @@ def _fits_grid(tiles: Tiles, ma: int) -> bool:
 
 # ---------------------------------------------------------------------------------- lowerings
 
-def _finish_hand_written(k: Kernel, out: te.Tensor):
-    """Kernel.finish for a hand-written kernel: no CPU schedule, and the attribute that makes
-    dlight's ApplyDefaultSchedule leave it alone (TVM 0.27 checks "tirx.is_scheduled")."""
-    low = k.lowering
-    func = te.create_prim_func([*k.placeholders, out]).with_attr("tirx.is_scheduled", True)
-    fname = low.func_name(k.name)
-    gv = low.bb.add_func(func.with_attr("global_symbol", fname), fname)
-    ty = relax.TensorType(tuple(int(d) for d in out.shape), out.dtype)
-    return low.bb.emit(relax.call_tir(gv, list(k.args), ty), name_hint=_ident(k.name))
-
-
 def _gemm(low: Lowering, node: Node, rq: Optional[Node], k: Kernel, a_in, b_in, ct: np.ndarray,
           ma: int, mb: int, tiles: Tiles, channel: int, out_view: tuple, out_at, index):
     """The fused dp4a GEMM of a MAC node: kernel `k` already holds the operands' placeholders
@@ -276,7 +265,7 @@ def _gemm(low: Lowering, node: Node, rq: Optional[Node], k: Kernel, a_in, b_in, 
     out = _fused_extern(k, [a_in, b_in], tables, out_shape, _mac_dtype(rq),
                         lambda ab, bb, ob: dp4a_gemm(ab, bb, ob, tiles, ma, mb, out_view,
                                                      out_at, epilogue, mode))
-    return _finish_hand_written(k, out)
+    return k.finish(out, scheduled=True)
 
 
 def _padded(n: int, block: int) -> int:

@@ -109,11 +109,16 @@ class Kernel:
                 return arith.as_type(tir.BufferLoad(buf, [idx]), dtype)
         return table(idx).astype(dtype)
 
-    def finish(self, out: te.Tensor, kind: str = "elementwise", info: Optional[dict] = None):
-        """Make the PrimFunc, schedule it, and call it from main; returns the Relax value."""
+    def finish(self, out: te.Tensor, kind: str = "elementwise", info: Optional[dict] = None,
+               scheduled: bool = False):
+        """Make the PrimFunc, schedule it, and call it from main; returns the Relax value.
+        `scheduled`: the kernel already binds its own loops (the CUDA dp4a kernels), so no
+        scheduler touches it, and it says so to dlight (TVM 0.27 reads "tirx.is_scheduled")."""
         low = self.lowering
         func = te.create_prim_func([*self.placeholders, out])
-        if low.schedule is not None:
+        if scheduled:
+            func = func.with_attr("tirx.is_scheduled", True)
+        elif low.schedule is not None:
             func = low.schedule(func, kind, info or {})
         fname = low.func_name(self.name)
         gv = low.bb.add_func(func.with_attr("global_symbol", fname), fname)

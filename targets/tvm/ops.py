@@ -39,7 +39,8 @@ def _requant_epilogue(low: Lowering, k: Kernel, rq: Node, rank: int):
     zx = k.table("zx", q_in.zero_point)
     zx_axis = (q_in.axis or 0) % rank
     rounding, lo, hi = a["rounding"], a["clamp_min"], a["clamp_max"]
-    shifts = (min(a["shift"]), max(a["shift"])) if len(a["shift"]) else None
+    all_shifts = np.asarray(a["shift"], dtype=np.int64).reshape(-1)
+    shifts = (int(all_shifts.min()), int(all_shifts.max())) if all_shifts.size else None
     dtype = tvm_dtype(a["dtype"])
     q_out = rq.output.quant
 
